@@ -1,0 +1,210 @@
+"""Presets: every number of the method lives here and nowhere else.
+
+Three presets share one code path (`tiny`, `omni-3b`, `omni-7b`); moving up a preset
+changes these values, never the code. Sources: ECHO_METHOD.md (the paper, and the
+released code where it differs) and STACK_NOTES.md (library facts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# --------------------------------------------------------------------------------------
+# Facts of the audio front end and the token protocol (shared by every preset).
+# --------------------------------------------------------------------------------------
+SAMPLE_RATE = 16_000  # Hz; Qwen2.5-Omni's WhisperFeatureExtractor rate
+HOP_LENGTH = 160  # samples per mel frame -> 100 frames/s
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
+AUDIO_TOKENS_PER_SECOND = 25  # after the encoder's two stride-2 poolings (40 ms a token)
+
+# Qwen2.5-Omni's special tokens; the tiny tokenizer carries the same strings.
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+ENDOFTEXT = "<|endoftext|>"
+AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
+VISION_BOS, VISION_EOS = "<|vision_bos|>", "<|vision_eos|>"
+IMAGE_PAD, VIDEO_PAD = "<|IMAGE|>", "<|VIDEO|>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, AUDIO_BOS, AUDIO_PAD, AUDIO_EOS,
+                  VISION_BOS, VISION_EOS, IMAGE_PAD, VIDEO_PAD)
+# Placeholders a policy must never sample (they would break the next forward).
+PLACEHOLDER_TOKENS = (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS, VISION_BOS, VISION_EOS, IMAGE_PAD, VIDEO_PAD)
+
+# The response grammar (ECHO_METHOD.md section 2).
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+SEG_OPEN, SEG_CLOSE = "<seg>", "</seg>"
+RESPONSE_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, SEG_OPEN, SEG_CLOSE)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+
+
+# --------------------------------------------------------------------------------------
+# Preset sections.
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the thinker comes from and how it is run."""
+
+    source: str  # "tiny" (built/shipped by this project) or a hub id / local directory
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    # tiny architecture (ignored when loading a checkpoint)
+    n_mels: int = 128
+    audio_d_model: int = 64
+    audio_layers: int = 2
+    audio_heads: int = 4
+    audio_ffn: int = 256
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_ffn: int = 384
+    mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to head_dim / 2
+    max_positions: int = 4096
+    # HF init leaves the audio conv output ~50x below the encoder's position table, so
+    # every clip looks alike (TINY_MODEL_NOTES.md); scaling the two convs fixes it.
+    audio_conv_init_scale: float = 4.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentLimits:
+    """The authors' runtime limits (ECHO_METHOD.md section 2)."""
+
+    max_clips: int = 8  # at most 8 generate calls -> at most 8 inserted clips
+    min_clip_s: float = 0.2  # clips under 0.2 s (3,200 samples) are not inserted
+    clamp_to_clip: bool = True  # an end past the clip is clamped, not rejected
+    max_new_tokens: int = 2048  # per answer, text tokens only
+    inserted_audio_counts_against_budget: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    eval_temperature: float = 0.7
+    rollout_temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """Paper, Eq. 2 (maximum 1.5), plus the released variants as named options."""
+
+    format: float = 0.5
+    consistency_penalty: float = -0.1  # per </seg> whose continuation opens a sentence
+    consistency_floor: float = -0.5
+    consistency_rule: str = "char"  # "char" (released code) or "token"
+    accuracy: float = 0.5
+    accuracy_variant: str = "binary"  # "binary" (paper) or "confidence" (released)
+    segment_bonus: float = 0.5
+    segment_variant: str = "any"  # "any" (paper), "count", "non_overlap"
+    grounding: float = 0.0  # echo_lite's segment-grounding reward (0 = paper)
+    grounding_iou: float = 0.3
+
+
+@dataclass(frozen=True)
+class SFTSpec:
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    # LoRA on the language model only: never the audio tower or the vision encoder.
+    lora_target_regex: str = (
+        r"^(?!.*(audio_tower|visual)).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+    )
+    learning_rate: float = 1e-4  # LoRA; the paper's full fine-tuning used 5e-6
+    full_ft_learning_rate: float = 5e-6
+    epochs: float = 1.0
+    warmup_ratio: float = 0.05
+    max_length: int = 2048
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    freeze_audio_tower: bool = True
+    insert_cited_clips: bool = False  # paper: <seg> is plain text during SFT
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GRPOSpec:
+    """ECHO_METHOD.md section 5."""
+
+    num_generations: int = 8  # G
+    beta: float = 0.04  # KL coefficient (TRL's default is 0.0)
+    clip_eps: float = 0.2
+    learning_rate: float = 1e-6
+    prompts_per_step: int = 64
+    temperature: float = 1.0
+    epochs: float = 1.0
+    mask_inserted_audio: bool = True  # released code counted them in KL and denominator
+    use_vllm: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: ModelSpec
+    segments: SegmentLimits = field(default_factory=SegmentLimits)
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    rewards: RewardSpec = field(default_factory=RewardSpec)
+    sft: SFTSpec = field(default_factory=SFTSpec)
+    grpo: GRPOSpec = field(default_factory=GRPOSpec)
+    device: str = "cpu"
+
+    def with_overrides(self, **sections: dict) -> "Preset":
+        """Return a copy with some fields of some sections replaced.
+
+        `preset.with_overrides(sft={"lora_r": 4}, grpo={"beta": 0.0})`
+        """
+        changes = {}
+        for section, values in sections.items():
+            if not hasattr(self, section):
+                raise KeyError(f"preset {self.name!r} has no section {section!r}")
+            current = getattr(self, section)
+            if dataclasses.is_dataclass(current):
+                unknown = set(values) - {f.name for f in dataclasses.fields(current)}
+                if unknown:
+                    raise KeyError(f"preset section {section!r} has no field(s) {sorted(unknown)}")
+                changes[section] = dataclasses.replace(current, **values)
+            else:
+                changes[section] = values
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        model=ModelSpec(source="tiny"),
+        segments=SegmentLimits(max_new_tokens=160),
+        sft=SFTSpec(learning_rate=1e-3, lora_r=16, lora_alpha=32, per_device_batch_size=8),
+        grpo=GRPOSpec(learning_rate=2e-4, prompts_per_step=8, num_generations=8),
+    ),
+    "omni-3b": Preset(
+        name="omni-3b",
+        model=ModelSpec(source="Qwen/Qwen2.5-Omni-3B", dtype="bfloat16"),
+        sft=SFTSpec(bf16=True, gradient_checkpointing=True, per_device_batch_size=2,
+                    gradient_accumulation_steps=8),
+        grpo=GRPOSpec(prompts_per_step=8, use_vllm=True),
+        device="cuda",
+    ),
+    "omni-7b": Preset(
+        name="omni-7b",
+        model=ModelSpec(source="Qwen/Qwen2.5-Omni-7B", dtype="bfloat16"),
+        sft=SFTSpec(bf16=True, gradient_checkpointing=True, per_device_batch_size=1,
+                    gradient_accumulation_steps=16),
+        grpo=GRPOSpec(prompts_per_step=64, use_vllm=True),
+        device="cuda",
+    ),
+}
+
+
+def get_preset(name: str | Preset) -> Preset:
+    if isinstance(name, Preset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

@@ -1,0 +1,212 @@
+"""Build or load the thinker and tokenizer for a preset; LoRA wiring.
+
+`tiny` is a real `Qwen2_5OmniThinkerForConditionalGeneration` of about a million
+parameters built from a config (or the checkpoint this project trained and ships under
+`data/tiny_base/`); `omni-3b` / `omni-7b` load the thinker of the real checkpoint with
+`from_pretrained` from a hub id or a local directory. Same class, same code path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from echo_lite.config import (
+    AUDIO_BOS,
+    AUDIO_EOS,
+    AUDIO_PAD,
+    DATA_DIR,
+    IMAGE_PAD,
+    PLACEHOLDER_TOKENS,
+    VIDEO_PAD,
+    VISION_BOS,
+    VISION_EOS,
+    ModelSpec,
+    Preset,
+    SFTSpec,
+    get_preset,
+)
+
+TINY_TOKENIZER_DIR = DATA_DIR / "tiny_tokenizer"
+TINY_BASE_DIR = DATA_DIR / "tiny_base"  # the pretrained tiny thinker (issue 4) once shipped
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint or tokenizer that cannot be loaded; the message names the source."""
+
+
+def load_tokenizer(source: str | Path):
+    """A tokenizer from a local directory or hub id ("tiny" -> the shipped tiny tokenizer)."""
+    from transformers import AutoTokenizer
+
+    if str(source) == "tiny":
+        source = TINY_BASE_DIR if (TINY_BASE_DIR / "tokenizer.json").exists() else TINY_TOKENIZER_DIR
+        if not (Path(source) / "tokenizer.json").exists():
+            from echo_lite.tokenizer import build_tiny_tokenizer, save_tokenizer
+
+            save_tokenizer(build_tiny_tokenizer(), TINY_TOKENIZER_DIR)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(source))
+    except Exception as err:
+        raise ModelLoadError(f"cannot load a tokenizer from {source!r}: {err}") from err
+    missing = [t for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS) if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    if missing:
+        raise ModelLoadError(f"tokenizer from {source!r} lacks the audio placeholder token(s) {missing}")
+    return tok
+
+
+def tiny_thinker_config(tokenizer, spec: ModelSpec):
+    """A Qwen2.5-Omni thinker config of ~1M parameters whose special ids are the tokenizer's."""
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    head_dim = spec.text_hidden // spec.text_heads
+    if sum(spec.mrope_section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {spec.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS, VISION_BOS,
+                                                           VISION_EOS, IMAGE_PAD, VIDEO_PAD)}
+    cfg = Qwen2_5OmniThinkerConfig(
+        audio_config=dict(
+            num_mel_bins=spec.n_mels, encoder_layers=spec.audio_layers, encoder_attention_heads=spec.audio_heads,
+            encoder_ffn_dim=spec.audio_ffn, d_model=spec.audio_d_model, output_dim=spec.text_hidden,
+            n_window=100, max_source_positions=1500,
+        ),
+        # The vision tower is never used by echo_lite; it is kept as small as it builds.
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=spec.text_hidden,
+                           fullatt_block_indexes=[0], patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_ffn,
+            num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+            num_key_value_heads=spec.text_kv_heads, max_position_embeddings=spec.max_positions,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(spec.mrope_section)},
+            tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        ),
+        audio_token_index=ids[AUDIO_PAD], audio_start_token_id=ids[AUDIO_BOS], audio_end_token_id=ids[AUDIO_EOS],
+        image_token_index=ids[IMAGE_PAD], video_token_index=ids[VIDEO_PAD],
+    )
+    cfg.vision_start_token_id = ids[VISION_BOS]
+    cfg.vision_end_token_id = ids[VISION_EOS]
+    return cfg
+
+
+def build_tiny_thinker(tokenizer, spec: ModelSpec | None = None):
+    """A freshly initialised tiny thinker (HF init plus the audio-conv scale fix), seeded."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    spec = spec or get_preset("tiny").model
+    torch.manual_seed(spec.seed)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_thinker_config(tokenizer, spec))
+    # See ModelSpec.audio_conv_init_scale: lift the conv output above the position table.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(r"audio_tower\.conv[12]\.weight$", name):
+                p.mul_(spec.audio_conv_init_scale)
+    _set_generation_defaults(model, tokenizer)
+    return model.eval()
+
+
+def _set_generation_defaults(model, tokenizer) -> None:
+    gc = model.generation_config
+    gc.eos_token_id = tokenizer.eos_token_id
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.bos_token_id = None
+
+
+def load_thinker(source: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
+                 device: str | torch.device = "cpu"):
+    """`from_pretrained` of a thinker from a local directory or hub id (safetensors only).
+
+    A full Qwen2.5-Omni checkpoint also works: transformers maps its `thinker.` prefix.
+    """
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    try:
+        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            str(source), dtype=getattr(torch, dtype), attn_implementation=attn_implementation,
+            use_safetensors=True,
+        )
+    except Exception as err:
+        raise ModelLoadError(f"cannot load a Qwen2.5-Omni thinker from {str(source)!r}: {err}") from err
+    return model.to(device).eval()
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    preset: Preset
+
+    @property
+    def n_mels(self) -> int:
+        return self.model.config.audio_config.num_mel_bins
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def placeholder_ids(self) -> list[int]:
+        """Token ids a policy must never sample (`suppress_tokens` while generating)."""
+        return [self.tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDER_TOKENS]
+
+
+def load_preset_model(preset: str | Preset, checkpoint: str | Path | None = None) -> LoadedModel:
+    """The model and tokenizer a preset starts from, or `checkpoint` when given.
+
+    tiny: `checkpoint`, else the shipped pretrained base if present, else a new model.
+    """
+    preset = get_preset(preset)
+    spec = preset.model
+    if checkpoint is not None:
+        source = Path(checkpoint)
+    elif spec.source == "tiny":
+        source = TINY_BASE_DIR if (TINY_BASE_DIR / "model.safetensors").exists() else None
+    else:
+        source = spec.source
+    if source is None:
+        tok = load_tokenizer("tiny")
+        model = build_tiny_thinker(tok, spec)
+    else:
+        tok = load_tokenizer(source)
+        model = load_thinker(source, spec.dtype, spec.attn_implementation, device=preset.device)
+        _set_generation_defaults(model, tok)
+    return LoadedModel(model=model, tokenizer=tok, preset=preset)
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Parameter counts: total, trainable, and per part (audio tower, vision, language model)."""
+    parts = {"total": 0, "trainable": 0, "audio_tower": 0, "visual": 0, "language_model": 0}
+    for name, p in model.named_parameters():
+        n = p.numel()
+        parts["total"] += n
+        parts["trainable"] += n if p.requires_grad else 0
+        if "audio_tower" in name:
+            parts["audio_tower"] += n
+        elif "visual" in name:
+            parts["visual"] += n
+        else:
+            parts["language_model"] += n
+    return parts
+
+
+def apply_lora(model, sft: SFTSpec):
+    """Wrap the thinker with LoRA adapters on the language model only (regex from the preset)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = [n for n, _ in model.named_modules() if re.match(sft.lora_target_regex, n)]
+    if not targets:
+        raise ValueError(f"LoRA regex {sft.lora_target_regex!r} matches no module of this model")
+    cfg = LoraConfig(r=sft.lora_r, lora_alpha=sft.lora_alpha, lora_dropout=sft.lora_dropout,
+                     target_modules=sft.lora_target_regex, bias="none")
+    return get_peft_model(model, cfg)
+
+
+def freeze_audio_tower(model) -> int:
+    """Freeze every audio-tower parameter; returns how many tensors were frozen."""
+    n = 0
+    for name, p in model.named_parameters():
+        if "audio_tower" in name:
+            p.requires_grad_(False)
+            n += 1
+    return n

@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny tokenizer and a freshly built tiny thinker (no downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from echo_lite.config import SAMPLE_RATE, get_preset
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from echo_lite.model import load_tokenizer
+
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    from echo_lite.model import build_tiny_thinker
+
+    return build_tiny_thinker(tiny_tokenizer, get_preset("tiny").model)
+
+
+@pytest.fixture
+def tone():
+    """A 10 s clip: 440 Hz for the first half, 880 Hz for the second."""
+    t = np.arange(10 * SAMPLE_RATE) / SAMPLE_RATE
+    wav = np.where(t < 5, np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 880 * t))
+    return (0.3 * wav).astype(np.float32)

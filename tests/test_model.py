@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from echo_lite.audio import AudioFeaturizer, audio_token_count, cut_span
+from echo_lite.config import AUDIO_PAD, get_preset
+from echo_lite.model import (
+    ModelLoadError,
+    apply_lora,
+    build_tiny_thinker,
+    count_parameters,
+    freeze_audio_tower,
+    load_preset_model,
+    load_thinker,
+    load_tokenizer,
+)
+from echo_lite.prompts import build_prompt
+
+
+def _inputs(tok, model, wavs, question="Which tone is first?"):
+    counts = [audio_token_count(len(w)) for w in wavs]
+    enc = tok(build_prompt(question, ["A4", "A5"], counts), return_tensors="pt")
+    feats = AudioFeaturizer(model.config.audio_config.num_mel_bins)(wavs)
+    return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, **feats}
+
+
+def test_tiny_is_a_real_thinker_of_about_a_million_parameters(tiny_model):
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    assert isinstance(tiny_model, Qwen2_5OmniThinkerForConditionalGeneration)
+    counts = count_parameters(tiny_model)
+    assert 500_000 < counts["total"] < 5_000_000
+    assert counts["audio_tower"] > 0 and counts["language_model"] > counts["audio_tower"]
+
+
+def test_build_is_deterministic(tiny_tokenizer):
+    a = build_tiny_thinker(tiny_tokenizer)
+    b = build_tiny_thinker(tiny_tokenizer)
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+def test_audio_changes_the_logits(tiny_model, tiny_tokenizer, tone):
+    """With the conv init fix, two different clips give clearly different outputs."""
+    noise = np.random.default_rng(1).standard_normal(len(tone)).astype(np.float32) * 0.3
+    with torch.no_grad():
+        a = tiny_model(**_inputs(tiny_tokenizer, tiny_model, [tone])).logits[0, -1]
+        b = tiny_model(**_inputs(tiny_tokenizer, tiny_model, [noise])).logits[0, -1]
+    assert (a - b).abs().max() > 1e-2
+
+
+def test_forward_and_generate_with_two_clips(tiny_model, tiny_tokenizer, tone):
+    clip = cut_span(tone, 4.0, 6.0)
+    inputs = _inputs(tiny_tokenizer, tiny_model, [tone, clip])
+    assert (inputs["input_ids"] == tiny_tokenizer.convert_tokens_to_ids(AUDIO_PAD)).sum() == 250 + 50
+    with torch.no_grad():
+        out = tiny_model(**inputs)
+    assert out.logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(out.logits).all()
+    lm = load_preset_model("tiny")
+    gen = tiny_model.generate(**inputs, max_new_tokens=12, do_sample=False, suppress_tokens=lm.placeholder_ids())
+    new = gen[0, inputs["input_ids"].shape[1]:]
+    assert 1 <= len(new) <= 12
+    assert not set(new.tolist()) & set(lm.placeholder_ids())
+
+
+def test_save_and_load_round_trip_with_safetensors(tmp_path, tiny_model, tiny_tokenizer, tone):
+    tiny_model.save_pretrained(tmp_path, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    again = load_thinker(tmp_path)
+    inputs = _inputs(tiny_tokenizer, tiny_model, [tone])
+    with torch.no_grad():
+        assert torch.allclose(tiny_model(**inputs).logits, again(**inputs).logits, atol=1e-6)
+    lm = load_preset_model("tiny", checkpoint=tmp_path)
+    assert count_parameters(lm.model)["total"] == count_parameters(tiny_model)["total"]
+
+
+def test_load_errors_name_the_source(tmp_path):
+    with pytest.raises(ModelLoadError, match="nowhere"):
+        load_thinker(tmp_path / "nowhere")
+    with pytest.raises(ModelLoadError, match="tokenizer"):
+        load_tokenizer(tmp_path / "nowhere")
+
+
+def test_lora_touches_the_language_model_only(tiny_tokenizer):
+    model = build_tiny_thinker(tiny_tokenizer)
+    freeze_audio_tower(model)
+    peft_model = apply_lora(model, get_preset("tiny").sft)
+    lora_names = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
+    assert lora_names and not any("audio_tower" in n or "visual" in n for n in lora_names)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert set(trainable) == set(lora_names)
+    # one backward step through audio reaches the adapters
+    t = np.sin(np.arange(16000) / 5).astype(np.float32)
+    inputs = _inputs(tiny_tokenizer, model, [t])
+    out = peft_model(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
+    merged = peft_model.merge_and_unload()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
