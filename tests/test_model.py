@@ -99,3 +99,19 @@ def test_lora_touches_the_language_model_only(tiny_tokenizer):
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
     merged = peft_model.merge_and_unload()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_load_thinker_from_a_full_omni_checkpoint_directory(tmp_path, tiny_model):
+    """The 3B/7B path: a full Qwen2.5-Omni checkpoint (config `qwen2_5_omni`, weights under
+    `thinker.`) loads as the thinker with `from_pretrained`, in bf16, from a local directory."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5OmniConfig
+
+    Qwen2_5OmniConfig(thinker_config=tiny_model.config.to_dict(), enable_audio_output=False).save_pretrained(tmp_path)
+    state = {f"thinker.{k}": v.detach().clone().contiguous() for k, v in tiny_model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model = load_thinker(tmp_path, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    ours = dict(tiny_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(p, ours[name].to(torch.bfloat16)), name
