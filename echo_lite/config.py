@@ -40,6 +40,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 
 
+# The real thinkers' architectures (from the public Qwen2.5-Omni-3B / -7B configs), used to
+# build full-size models with random weights for GPU smoke tests and memory tables: no
+# download needed. Audio and vision encoders are the same size in both.
+FULL_SIZE_ARCH = {
+    "omni-3b": dict(text_hidden=2048, text_ffn=11008, text_layers=36, text_heads=16, text_kv_heads=2,
+                    vocab=151936, mrope_section=(16, 24, 24)),
+    "omni-7b": dict(text_hidden=3584, text_ffn=18944, text_layers=28, text_heads=28, text_kv_heads=4,
+                    vocab=152064, mrope_section=(16, 24, 24)),
+}
+FULL_SIZE_AUDIO = dict(audio_d_model=1280, audio_layers=32, audio_heads=20, audio_ffn=5120, n_mels=128)
+FULL_SIZE_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                        fullatt_block_indexes=[7, 15, 23, 31], patch_size=14, spatial_merge_size=2,
+                        temporal_patch_size=2)
+
+
 # --------------------------------------------------------------------------------------
 # Preset sections.
 # --------------------------------------------------------------------------------------

@@ -115,3 +115,21 @@ def test_load_thinker_from_a_full_omni_checkpoint_directory(tmp_path, tiny_model
     ours = dict(tiny_model.named_parameters())
     for name, p in model.named_parameters():
         assert torch.equal(p, ours[name].to(torch.bfloat16)), name
+
+
+@pytest.mark.parametrize("preset,lm_billions", [("omni-3b", (3.0, 3.6)), ("omni-7b", (7.3, 7.8))])
+def test_full_size_architectures_have_the_real_sizes(tiny_tokenizer, preset, lm_billions):
+    """The 3B / 7B thinkers built from their configs (on the meta device: no memory, no download)."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from echo_lite.config import FULL_SIZE_ARCH, FULL_SIZE_VISION
+    from echo_lite.model import full_size_spec, tiny_thinker_config
+
+    cfg = tiny_thinker_config(tiny_tokenizer, full_size_spec(preset), vocab_size=FULL_SIZE_ARCH[preset]["vocab"],
+                              vision=FULL_SIZE_VISION)
+    with torch.device("meta"):
+        model = Qwen2_5OmniThinkerForConditionalGeneration(cfg)
+    counts = count_parameters(model)
+    assert lm_billions[0] < counts["language_model"] / 1e9 < lm_billions[1]
+    assert 0.6 < counts["audio_tower"] / 1e9 < 0.7  # the Whisper-large-sized audio encoder
+    assert model.lm_head.weight.shape[0] == FULL_SIZE_ARCH[preset]["vocab"]
