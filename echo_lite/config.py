@@ -103,6 +103,17 @@ class SamplingSpec:
 
 
 @dataclass(frozen=True)
+class RuntimeSpec:
+    """How the interleaved runtime runs (interleave.py); the method's limits are in SegmentLimits."""
+
+    backend: str = "transformers"  # "transformers" (any device) or "vllm" (GPU presets)
+    batch_size: int = 16  # trajectories decoded together
+    compact_after_holes: int = 32  # re-pack the KV cache once this many columns are padding for every row
+    vllm_gpu_memory_utilization: float = 0.5
+    vllm_max_model_len: int = 8192
+
+
+@dataclass(frozen=True)
 class RewardSpec:
     """Paper, Eq. 2 (maximum 1.5), plus the released variants as named options."""
 
@@ -164,6 +175,7 @@ class Preset:
     model: ModelSpec
     segments: SegmentLimits = field(default_factory=SegmentLimits)
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     rewards: RewardSpec = field(default_factory=RewardSpec)
     sft: SFTSpec = field(default_factory=SFTSpec)
     grpo: GRPOSpec = field(default_factory=GRPOSpec)
@@ -203,6 +215,7 @@ PRESETS: dict[str, Preset] = {
         sft=SFTSpec(bf16=True, gradient_checkpointing=True, per_device_batch_size=2,
                     gradient_accumulation_steps=8),
         grpo=GRPOSpec(prompts_per_step=8, use_vllm=True),
+        runtime=RuntimeSpec(backend="vllm", batch_size=64),
         device="cuda",
     ),
     "omni-7b": Preset(
@@ -211,6 +224,7 @@ PRESETS: dict[str, Preset] = {
         sft=SFTSpec(bf16=True, gradient_checkpointing=True, per_device_batch_size=1,
                     gradient_accumulation_steps=16),
         grpo=GRPOSpec(prompts_per_step=64, use_vllm=True),
+        runtime=RuntimeSpec(backend="vllm", batch_size=64),
         device="cuda",
     ),
 }
