@@ -106,7 +106,7 @@ def train_steps(preset_name, tok, device, batch, lora: bool, grad_ckpt: bool, st
         sync(device)
         times.append(time.perf_counter() - t0)
     out = {"peak_gib": round(peak_gib(device), 2), "tokens_per_s": round(n_tok / min(times), 1),
-           "step_s": round(min(times), 3), "loss": round(float(loss), 3),
+           "step_s": round(min(times), 3), "loss": round(float(loss.detach()), 3),
            "trainable_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 1)}
     del model, opt
     return out
