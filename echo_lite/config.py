@@ -163,6 +163,7 @@ class DataSpec:
         ("knock_count", 0.07), ("duration_compare", 0.07), ("gap", 0.06), ("what_follows", 0.08),
         ("overlap", 0.06), ("pitch_change", 0.07), ("tempo_change", 0.07))
     n_choices: int = 4  # options per question (fewer when the type has fewer possible answers)
+    max_count_cited: int = 3  # "how many tones" cites each one: at most this many keeps the CoT short
     questions_per_scene: int = 2  # items written per clip (distinct types; same split)
     min_duration_diff_s: float = 0.5  # a "which lasts longer" pair must differ this much
     min_option_gap_s: float = 0.5  # numeric time options are at least this far apart

@@ -120,6 +120,7 @@ class Scene:
     duration: float
     events: tuple[Event, ...]  # sorted by onset
     seed: int
+    meta: dict = field(default_factory=dict)  # real sources: audio path, caption, source name
 
     def __post_init__(self):
         for e in self.events:
@@ -130,20 +131,36 @@ class Scene:
             raise WorldError(f"scene {self.scene_id}: events are not sorted by onset")
 
     def to_dict(self) -> dict:
-        return {"scene_id": self.scene_id, "duration": self.duration, "seed": self.seed,
-                "events": [e.to_dict() for e in self.events]}
+        d = {"scene_id": self.scene_id, "duration": self.duration, "seed": self.seed,
+             "events": [e.to_dict() for e in self.events]}
+        if self.meta:
+            d["meta"] = dict(self.meta)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
         try:
             events = tuple(sorted((Event.from_dict(e) for e in d["events"]), key=lambda e: (e.onset, e.offset)))
-            return cls(str(d["scene_id"]), float(d["duration"]), events, int(d.get("seed", 0)))
+            return cls(str(d["scene_id"]), float(d["duration"]), events, int(d.get("seed", 0)),
+                       dict(d.get("meta") or {}))
         except KeyError as err:
             raise WorldError(f"scene {d.get('scene_id', '?')!r}: missing field {err}") from None
 
     def events_at(self, t: float) -> list[Event]:
         """Events sounding at time `t` (onset <= t < offset)."""
         return [e for e in self.events if e.onset <= t < e.offset]
+
+    def labels(self) -> list[str]:
+        """Distinct event labels, in order of first onset."""
+        return list(dict.fromkeys(e.label for e in self.events))
+
+
+def label_vocabulary() -> list[str]:
+    """Every label the synthetic world can produce (used to spot events cited but absent)."""
+    labels = [f"{p} tone" for p in TONE_PITCHES] + ["rising chirp", "falling chirp", "noise burst"]
+    labels += [f"{c} knocks" for c in KNOCK_COUNTS] + [f"{k} melody" for k in MELODY_KEYS]
+    labels += [f"spoken {w}" for w in SPEECH_WORDS]
+    return labels
 
 
 # --------------------------------------------------------------------------------------
