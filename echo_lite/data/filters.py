@@ -182,7 +182,9 @@ def judge_item(scene: Scene, draft: Draft, spec: DataSpec, limits: SegmentLimits
     if judge is not None and verdict.qa_valid:
         result = judge(scene, simulation, draft)
         verdict.judge = result
-        if not result.get("qa_valid", False):
+        if result.get("error"):
+            verdict.qa_reasons.append("judge_failed")
+        elif not result.get("qa_valid", False):
             verdict.qa_reasons.append("judge_qa_invalid")
         elif not result.get("cot_valid", False) and verdict.cot_valid:
             verdict.cot_reasons.append("judge_cot_invalid")

@@ -134,6 +134,9 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
     drop_reasons, rl_reasons, teacher_errors = Counter(), Counter(), Counter()
     qtypes: dict[str, Counter] = {s: Counter() for s in SPLITS}
     drafted, cot_tokens = Counter(), []
+    if judge is not None and hasattr(judge, "prefetch"):  # an LLM judge: ask for all verdicts concurrently
+        judge.prefetch([(captions[r.scene.scene_id].simulation(), o.draft) for r, o in zip(requests, outcomes, strict=True)
+                        if o.draft is not None])
     for req, outcome in zip(requests, outcomes, strict=True):
         scene = req.scene
         if outcome.draft is None:
@@ -216,3 +219,29 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
     })
     _atomic_json(out / STATS_FILE, stats)
     return stats
+
+
+def run(out: str | Path, preset: str = "tiny", n: int = 1000, seed: int = 0, teacher: str = "rule",
+        llm_url: str | None = None, llm_model: str | None = None, llm_key_env: str | None = None,
+        judge: bool = False, workers: int = 4, progress: bool = True) -> dict:
+    """`synthesize` with the teacher and judge built from plain options (what the CLI passes)."""
+    out = Path(out)
+    llm_teacher = llm_judge = None
+    if teacher == "llm" or judge:
+        from echo_lite.data.llm import ChatClient, LLMJudge, LLMTeacher
+
+        if not llm_url or not llm_model:
+            raise SynthError("the LLM teacher/judge needs --llm-url and --llm-model")
+        key = os.environ.get(llm_key_env) if llm_key_env else None
+        if llm_key_env and not key:
+            raise SynthError(f"environment variable {llm_key_env} (the API key) is not set")
+        client = ChatClient(llm_url, llm_model, api_key=key)
+        out.mkdir(parents=True, exist_ok=True)
+        if teacher == "llm":
+            llm_teacher = LLMTeacher(client, out / "teacher_llm.jsonl", workers=workers,
+                                     n_choices=get_preset(preset).data.n_choices)
+        if judge:
+            llm_judge = LLMJudge(client, out / "judge_llm.jsonl", workers=workers)
+    elif teacher != "rule":
+        raise SynthError(f"unknown teacher {teacher!r}; choose rule or llm")
+    return synthesize(out, preset, n=n, seed=seed, teacher=llm_teacher, judge=llm_judge, progress=progress)
