@@ -35,6 +35,7 @@ from echo_lite.segments import parse_segments, segment_iou, validate_segment
 
 SFT, RL, DROPPED = "sft", "rl", "dropped"
 _CLAUSE_END = re.compile(r"[;!?\n]|\.(?!\d)")
+_NEW_SENTENCE = re.compile(r"\s*(?:[.!?]\s+)?[A-Z<]")
 _TIME_IN_QUESTION = re.compile(r"(\d+(?:\.\d+)?)\s*s\b")
 
 
@@ -66,7 +67,16 @@ class Citation:
     span: tuple[float, float] | None
     error: str | None  # the tag's parse/validation failure
     names: tuple[str, ...]  # labels named in the clause that cites it
-    continuation: str  # the first character after </seg> ("" at the end)
+    continuation: str  # the text right after </seg> (a few characters; "" at the end)
+
+
+def starts_new_sentence(continuation: str) -> bool:
+    """True when the text after `</seg>` opens a new sentence instead of continuing it.
+
+    Stricter than the released reward's next-character test: "</seg> The" and
+    "</seg>. The" count as new sentences too.
+    """
+    return bool(_NEW_SENTENCE.match(continuation))
 
 
 def split_response(text: str) -> tuple[str, str] | None:
@@ -104,7 +114,7 @@ def citations(think: str, vocabulary: list[str], duration: float, limits: Segmen
         n_ok += decision.accepted
         out.append(Citation(decision.applied if decision.accepted else tag.span,
                             None if decision.accepted else decision.reason.value,
-                            tuple(_names(before + " " + after, vocabulary)), think[tag.end_char:tag.end_char + 1]))
+                            tuple(_names(before + " " + after, vocabulary)), think[tag.end_char:tag.end_char + 16]))
     return out
 
 
@@ -153,7 +163,7 @@ def check_cot(scene: Scene, draft: Draft, spec: DataSpec, limits: SegmentLimits,
         if c.error is not None:
             reasons.append(f"seg_{c.error}")
             continue
-        if c.continuation and (c.continuation.isupper() or c.continuation == "<"):
+        if starts_new_sentence(c.continuation):
             reasons.append("seg_starts_new_sentence")
         if not c.names:
             reasons.append("seg_names_nothing")

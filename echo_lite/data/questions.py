@@ -234,7 +234,7 @@ def make_knock_count(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         count = int(e.attrs["count"])
         nums = _numbers(count, 1, rng, spec.n_choices)
         choices = _options(e.label, [f"{n} knocks" for n in nums if n != count], rng)
-        think = f"I listen between {_t(a)} and {_t(b)} seconds {_seg(e)}, I count {e.label}."
+        think = f"I listen between {_t(a)} and {_t(b)} seconds {_seg(e)}, there are {e.label}."
         return Draft("knock_count", f"How many knocks are heard between {_t(a)} s and {_t(b)} s?", choices, e.label,
                      think, (e.span,), {"a": a, "b": b})
     return None
