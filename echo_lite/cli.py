@@ -31,9 +31,8 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_build_tokenizer(args) -> int:
-    from echo_lite.tokenizer import build_tiny_tokenizer, save_tokenizer
-
     from echo_lite.model import TINY_TOKENIZER_DIR
+    from echo_lite.tokenizer import build_tiny_tokenizer, save_tokenizer
 
     out = save_tokenizer(build_tiny_tokenizer(), args.out or TINY_TOKENIZER_DIR)
     print(f"wrote the tiny tokenizer to {out}")

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from echo_lite.config import DataSpec, get_preset
-from echo_lite.data.filters import DROPPED, RL, SFT, citations, check_cot, check_qa, judge_item
+from echo_lite.data.filters import DROPPED, RL, SFT, check_cot, check_qa, citations, judge_item
 from echo_lite.data.questions import Draft
 from echo_lite.data.world import Event, Scene, label_vocabulary
 

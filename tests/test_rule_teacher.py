@@ -19,7 +19,7 @@ LIMITS = get_preset("tiny").segments
 def _drafts(n_scenes=120):
     for seed in range(n_scenes):
         scene = sample_scene(seed)
-        for qtype, (make, _) in QTYPES.items():
+        for make, _ in QTYPES.values():
             draft = make(scene, np.random.default_rng(seed), SPEC)
             if draft is not None:
                 yield scene, draft
