@@ -106,11 +106,12 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
     teacher = teacher or RuleTeacher(spec)
     captioner = captioner or MetadataCaptioner()
     out = Path(out)
-    _check_config(out, {"preset": preset.name, "seed": int(seed), "data": dataclasses.asdict(spec),
-                        "teacher": teacher.name, "captioner": captioner.name, "judge": bool(judge)})
+    train_seeds, eval_seeds = plan_seeds(n, seed, spec)
+    config = {"preset": preset.name, "seed": int(seed), "data": dataclasses.asdict(spec), "teacher": teacher.name,
+              "captioner": captioner.name, "judge": bool(judge)}
+    _check_config(out, json.loads(json.dumps(config)))  # as JSON reads it back: tuples become lists
     if not speech_available():
         log.warning("espeak-ng is not installed: scenes are drawn without speech events")
-    train_seeds, eval_seeds = plan_seeds(n, seed, spec)
     tokenizer = _tokenizer_for(preset)
     done = {split: manifest_ids(out / split / MANIFEST) for split in SPLITS}
 
