@@ -43,7 +43,9 @@ def _cmd_synth(args) -> int:
     from echo_lite.data.synth import run
 
     stats = run(args.out, args.preset, n=args.n, seed=args.seed, teacher=args.teacher, llm_url=args.llm_url,
-                llm_model=args.llm_model, llm_key_env=args.llm_key_env, judge=args.judge, workers=args.workers)
+                llm_model=args.llm_model, llm_key_env=args.llm_key_env, judge=args.judge, workers=args.workers,
+                audioset_tsv=args.audioset_tsv, label_map=args.label_map, musicbench_json=args.musicbench_json,
+                audio_root=args.audio_root)
     print(json.dumps({k: stats[k] for k in ("items", "qtypes_drafted", "drop_reasons", "clip_seconds_histogram")},
                      indent=2))
     return 0 if all(stats["items"][s] > 0 for s in ("sft", "rl", "eval")) else 1
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--llm-key-env", help="environment variable holding the API key (never on the command line)")
     s.add_argument("--judge", action="store_true", help="also re-judge every item with the LLM (QA / CoT valid)")
     s.add_argument("--workers", type=int, default=4, help="concurrent LLM requests")
+    s.add_argument("--audioset-tsv", help="real clips instead of the synthetic world: AudioSet-Strong TSV")
+    s.add_argument("--label-map", help="AudioSet label map (mid_to_display_name.tsv)")
+    s.add_argument("--musicbench-json", help="real clips: MusicBench JSON (lines or array)")
+    s.add_argument("--audio-root", help="directory holding the real clips (<segment_id>.wav|flac / MusicBench location)")
     s.set_defaults(func=_cmd_synth)
 
     t = sub.add_parser("build-tokenizer", help="rebuild the tiny tokenizer (data/tiny_tokenizer)")

@@ -119,3 +119,48 @@ def test_cli_synth(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--out", str(out), "--n", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--n must be >= 1" in bad.stderr
+
+
+def _audioset_files(root, n):
+    """AudioSet-Strong files (TSV, label map, clips) describing n rendered synthetic scenes."""
+    from echo_lite.audio import write_audio
+
+    audio = root / "clips"
+    audio.mkdir(parents=True)
+    mids, rows = {}, ["segment_id\tstart_time_seconds\tend_time_seconds\tlabel"]
+    for seed in range(n):
+        scene = sample_scene(seed, kinds=["tone", "chirp", "knocks", "noise"], overlap_prob=0.0)
+        seg = f"Yseg{seed}_30000"
+        write_audio(audio / f"{seg}.wav", render_scene(scene))
+        for e in scene.events:
+            mid = mids.setdefault(e.label, f"/m/x{len(mids)}")
+            rows.append(f"{seg}\t{e.onset:.3f}\t{e.offset:.3f}\t{mid}")
+    (root / "strong.tsv").write_text("\n".join(rows) + "\n")
+    (root / "names.tsv").write_text("".join(f"{mid}\t{label}\n" for label, mid in mids.items()))
+    return root / "strong.tsv", root / "names.tsv", audio
+
+
+def test_real_source_metadata_runs_through_the_same_stage(tmp_path):
+    from echo_lite.data.synth import run
+
+    tsv, names, audio = _audioset_files(tmp_path, 8)
+    stats = run(tmp_path / "out", "tiny", n=16, audioset_tsv=str(tsv), label_map=str(names), audio_root=str(audio),
+                progress=False)
+    assert stats["scenes"]["train"] + stats["scenes"]["eval"] == 8 and stats["items"]["sft"] > 0
+    for split in SPLITS:
+        for it in read_manifest(tmp_path / "out" / split / MANIFEST):
+            src = load_audio(audio / f"{it.scene_id}.wav")
+            assert np.array_equal(load_audio(tmp_path / "out" / split / it.audio), src)
+            spans = {(e["onset"], e["offset"]) for e in it.events}
+            assert all(tuple(s) in spans for s in it.cited_spans)
+
+
+def test_missing_real_audio_is_named_by_the_cli(tmp_path, capsys):
+    from echo_lite.cli import main
+
+    tsv, names, audio = _audioset_files(tmp_path, 2)
+    (audio / "Yseg1_30000.wav").unlink()
+    rc = main(["synth", "--out", str(tmp_path / "out"), "--n", "4", "--audioset-tsv", str(tsv), "--label-map",
+               str(names), "--audio-root", str(audio)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "strong.tsv:" in err and "audio file not found" in err and "Yseg1_30000.wav" in err
