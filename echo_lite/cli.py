@@ -39,6 +39,18 @@ def _cmd_build_tokenizer(args) -> int:
     return 0
 
 
+def _cmd_synth(args) -> int:
+    from echo_lite.data.synth import run
+
+    stats = run(args.out, args.preset, n=args.n, seed=args.seed, teacher=args.teacher, llm_url=args.llm_url,
+                llm_model=args.llm_model, llm_key_env=args.llm_key_env, judge=args.judge, workers=args.workers,
+                audioset_tsv=args.audioset_tsv, label_map=args.label_map, musicbench_json=args.musicbench_json,
+                audio_root=args.audio_root)
+    print(json.dumps({k: stats[k] for k in ("items", "qtypes_drafted", "drop_reasons", "clip_seconds_histogram")},
+                     indent=2))
+    return 0 if all(stats["items"][s] > 0 for s in ("sft", "rl", "eval")) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="echo-lite", description="Audio-interleaved reasoning, reproduced small.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,6 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--checkpoint", help="a local directory (or hub id) to load instead")
     i.set_defaults(func=_cmd_info)
 
+    s = sub.add_parser("synth", help="the synthetic audio world -> QA-CoT items -> DIR/sft, DIR/rl, DIR/eval")
+    s.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    s.add_argument("--out", required=True, help="output directory (a re-run resumes it)")
+    s.add_argument("--n", type=int, default=1000, help="items to draft before filtering")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--teacher", default="rule", choices=["rule", "llm"])
+    s.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--llm-model", help="model name sent to the endpoint, e.g. deepseek-reasoner")
+    s.add_argument("--llm-key-env", help="environment variable holding the API key (never on the command line)")
+    s.add_argument("--judge", action="store_true", help="also re-judge every item with the LLM (QA / CoT valid)")
+    s.add_argument("--workers", type=int, default=4, help="concurrent LLM requests")
+    s.add_argument("--audioset-tsv", help="real clips instead of the synthetic world: AudioSet-Strong TSV")
+    s.add_argument("--label-map", help="AudioSet label map (mid_to_display_name.tsv)")
+    s.add_argument("--musicbench-json", help="real clips: MusicBench JSON (lines or array)")
+    s.add_argument("--audio-root", help="directory holding the real clips (<segment_id>.wav|flac / MusicBench location)")
+    s.set_defaults(func=_cmd_synth)
+
     t = sub.add_parser("build-tokenizer", help="rebuild the tiny tokenizer (data/tiny_tokenizer)")
     t.add_argument("--out", default=None)
     t.set_defaults(func=_cmd_build_tokenizer)
@@ -62,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError) as err:
+        if not type(err).__module__.startswith("echo_lite"):
+            raise  # not one of ours: a bug, keep the traceback
+        print(f"echo-lite {args.command}: error: {err}", file=sys.stderr)  # bad input: one clear line
+        return 2
 
 
 if __name__ == "__main__":

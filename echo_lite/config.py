@@ -170,6 +170,37 @@ class GRPOSpec:
 
 
 @dataclass(frozen=True)
+class DataSpec:
+    """The synthetic world and the EAQA-style data pipeline (ECHO_METHOD.md section 3)."""
+
+    clip_seconds: tuple[float, float] = (5.0, 30.0)  # cues also fall after 10 s (the paper's never did)
+    event_seconds: tuple[float, float] = (0.3, 3.0)
+    min_gap_s: float = 0.2  # between consecutive (non-overlapping) events
+    events_per_second: tuple[float, float] = (0.25, 0.45)  # event density of a sampled scene
+    max_events: int = 12
+    overlap_prob: float = 0.3  # chance a scene gets one event laid over another
+    background_noise_rms: float = 0.003  # ~ -50 dBFS: low, so events stay well separated
+    # kind -> sampling weight; speech is dropped (logged) when espeak-ng is not installed
+    kind_weights: tuple[tuple[str, float], ...] = (
+        ("tone", 0.30), ("chirp", 0.14), ("knocks", 0.14), ("noise", 0.12), ("melody", 0.15), ("speech", 0.15))
+    # question type -> sampling weight ("property at a time" is what the tiny model learns best)
+    qtype_weights: tuple[tuple[str, float], ...] = (
+        ("tone_at_time", 0.25), ("sound_at_time", 0.12), ("order", 0.08), ("count_in_span", 0.07),
+        ("knock_count", 0.07), ("duration_compare", 0.07), ("gap", 0.06), ("what_follows", 0.08),
+        ("overlap", 0.06), ("pitch_change", 0.07), ("tempo_change", 0.07))
+    n_choices: int = 4  # options per question (fewer when the type has fewer possible answers)
+    max_count_cited: int = 3  # "how many tones" cites each one: at most this many keeps the CoT short
+    questions_per_scene: int = 2  # items written per clip (distinct types; same split)
+    min_duration_diff_s: float = 0.5  # a "which lasts longer" pair must differ this much
+    min_option_gap_s: float = 0.5  # numeric time options are at least this far apart
+    cite_iou: float = 0.3  # a cited span must overlap the event it names with IoU >= this
+    eval_fraction: float = 0.15  # of the scenes, drawn from held-out seeds
+    rl_fraction: float = 0.3  # of the non-eval scenes whose items are fully valid
+    eval_seed_offset: int = 1_000_000  # eval scenes use seeds from here on (disjoint from sft/rl)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     model: ModelSpec
@@ -179,6 +210,7 @@ class Preset:
     rewards: RewardSpec = field(default_factory=RewardSpec)
     sft: SFTSpec = field(default_factory=SFTSpec)
     grpo: GRPOSpec = field(default_factory=GRPOSpec)
+    data: DataSpec = field(default_factory=DataSpec)
     device: str = "cpu"
 
     def with_overrides(self, **sections: dict) -> "Preset":
