@@ -237,3 +237,21 @@ def run_grpo(lm: LoadedModel, items: list[RLItem], out_dir: str | Path, preset: 
     lm.tokenizer.save_pretrained(str(final))
     (final / "grpo_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
     return lm, log
+
+
+def rl_items(split_dir: str | Path) -> list[RLItem]:
+    """RL prompts from a split written by `echo-lite synth` (the clip is loaded once per scene)."""
+    from echo_lite.audio import load_audio
+    from echo_lite.data.formats import read_manifest, resolve_audio
+
+    split_dir = Path(split_dir)
+    wavs: dict[str, np.ndarray] = {}
+    out = []
+    for it in read_manifest(split_dir / "manifest.jsonl"):
+        if it.audio not in wavs:
+            wavs[it.audio] = load_audio(resolve_audio(split_dir, it.audio, it.id))
+        out.append(RLItem(it.id, wavs[it.audio], it.question, list(it.choices), it.answer,
+                          [tuple(s) for s in it.decisive_spans]))
+    if not out:
+        raise ValueError(f"{split_dir}: no RL items")
+    return out

@@ -239,3 +239,14 @@ def load_sft_model(path: str | Path, preset: str | Preset = "tiny", base: str | 
 def steps_per_epoch(n_items: int, preset: Preset) -> int:
     s = preset.sft
     return math.ceil(n_items / (s.per_device_batch_size * s.gradient_accumulation_steps))
+
+
+def sft_items(split_dir: str | Path) -> list[dict]:
+    """The SFT items of a split written by `echo-lite synth` (items with a response)."""
+    from echo_lite.data.formats import read_manifest
+
+    items = [dict(vars(it)) for it in read_manifest(Path(split_dir) / "manifest.jsonl")]
+    items = [it for it in items if it["response"]]
+    if not items:
+        raise SFTDataError(f"{split_dir}: no item with a response to fine-tune on")
+    return items
