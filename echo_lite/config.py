@@ -201,6 +201,18 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class DemoSpec:
+    """The main job (`echo-lite demo`): sizes of each stage, so the whole tiny pipeline fits its
+    30-minute budget on 2 CPU cores and gives the same numbers on every run."""
+
+    n_items: int = 1200  # items drafted by synth (before routing to sft / rl / eval)
+    sft_epochs: float = 2.0
+    grpo_steps: int = 24
+    eval_items: int = 96  # held-out items answered per row of the ablation table
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     model: ModelSpec
@@ -211,6 +223,7 @@ class Preset:
     sft: SFTSpec = field(default_factory=SFTSpec)
     grpo: GRPOSpec = field(default_factory=GRPOSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    demo: DemoSpec = field(default_factory=DemoSpec)
     device: str = "cpu"
 
     def with_overrides(self, **sections: dict) -> "Preset":
