@@ -13,8 +13,11 @@ SCENE = Scene("s", 12.0, (
 def test_metadata_caption_has_the_three_views_and_the_timeline():
     cap = MetadataCaptioner()(SCENE)
     assert cap.speech == 'A synthetic voice says "seven".'
-    assert cap.music == "a A minor melody at 120 bpm (A4 C5 E5 A4)."
+    assert cap.music == "an A minor melody at 120 bpm (A4 C5 E5 A4)."
     assert "one steady tone" in cap.description and "ends with the noise burst" in cap.description
+    two = MetadataCaptioner()(Scene("m", 9.0, tuple(Event("melody", "C major melody", a, a + 1.0, {
+        "key": "C major", "bpm": 100, "notes": ["C4"]}) for a in (1.0, 4.0)), 0))
+    assert "two short melodies" in two.description and two.music.startswith("a C major melody")
     text = cap.simulation()
     assert text.startswith("Duration: 12.0 s\n")
     assert "- 0.5-1.5: C5 tone\n- 3.0-3.6: spoken seven\n- 5.0-7.0: A minor melody\n- 10.2-11.0: noise burst" in text
