@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from echo_lite.config import HOP_LENGTH, SAMPLE_RATE
+from echo_lite.config import FRAMES_PER_SECOND, SAMPLE_RATE
 
 SPAN_COLORS = ("#e4572e", "#29335c", "#f3a712", "#a8c686", "#669bbc", "#8e5572", "#4c956c", "#d1495b")
 
@@ -24,45 +24,55 @@ def _plt():
     return plt
 
 
-def log_mel(wav: np.ndarray, n_mels: int = 64, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """A display spectrogram (dB), 100 frames per second like the model's features."""
-    import librosa
-
-    mel = librosa.feature.melspectrogram(y=wav, sr=sr, n_fft=400, hop_length=HOP_LENGTH, n_mels=n_mels, fmax=sr / 2)
-    return librosa.power_to_db(mel, ref=np.max)
+KIND_COLORS = {"tone": "tab:blue", "chirp": "tab:orange", "knocks": "tab:brown", "noise": "tab:gray",
+               "melody": "tab:green", "speech": "tab:purple"}
 
 
-def plot_clip(wav: np.ndarray, events: Sequence[Mapping] = (), spans: Sequence[tuple[float, float]] = (),
-              title: str = "", sr: int = SAMPLE_RATE, span_labels: Sequence[str] | None = None):
-    """Waveform, spectrogram and event timeline of a clip; `spans` (seconds) are shaded.
+def _field(ev, key):
+    return ev[key] if isinstance(ev, Mapping) else getattr(ev, key)
 
-    `events`: dicts (or objects) with `label`, `onset`, `offset`.
+
+def plot_clip(wav: np.ndarray, events: Sequence = (), spans: Sequence[tuple[float, float]] = (),
+              title: str = "", sr: int = SAMPLE_RATE, span_labels: Sequence[str] | None = None, n_mels: int = 128):
+    """Waveform, the model's log-mel features and the event timeline on one time axis; `spans`
+    (seconds, e.g. the re-listened ones) are shaded and labelled.
+
+    `events`: dicts or objects with `label`, `onset`, `offset` (and optionally `kind`); overlapping
+    events get lanes of their own.
     """
+    from echo_lite.audio import AudioFeaturizer
+
     plt = _plt()
     dur = len(wav) / sr
-    fig, axes = plt.subplots(3, 1, figsize=(11, 5.2), sharex=True, gridspec_kw={"height_ratios": [1, 2, 1]})
-    t = np.arange(len(wav)) / sr
-    step = max(1, len(wav) // 20000)  # plot at most ~20k points
-    axes[0].plot(t[::step], wav[::step], lw=0.5, color="#333")
-    axes[0].set_ylabel("wave")
-    axes[1].imshow(log_mel(wav, sr=sr), origin="lower", aspect="auto", extent=(0, dur, 0, 64), cmap="magma")
-    axes[1].set_ylabel("mel bin")
-    for i, ev in enumerate(events):
-        get = ev.get if isinstance(ev, Mapping) else lambda k, e=ev: getattr(e, k)
-        on, off = float(get("onset")), float(get("offset"))
-        y = i % 3
-        axes[2].barh(y, off - on, left=on, height=0.8, color="#bbb", edgecolor="#555")
-        axes[2].text(on + 0.02, y, str(get("label")), va="center", fontsize=8)
-    axes[2].set_ylim(-0.6, 2.6)
-    axes[2].set_yticks([])
-    axes[2].set_xlabel("seconds")
-    axes[2].set_xlim(0, dur)
+    mel = AudioFeaturizer(n_mels)([wav])["input_features"][0].numpy()
+    fig, (ax_w, ax_m, ax_t) = plt.subplots(3, 1, figsize=(12, 6), sharex=True,
+                                           gridspec_kw={"height_ratios": [1, 2, 1.2]})
+    step = max(1, len(wav) // 40000)  # plot at most ~40k points
+    ax_w.plot(np.arange(0, len(wav), step) / sr, wav[::step], lw=0.3, color="k")
+    ax_w.set_ylabel("wave")
+    ax_m.imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=(0, mel.shape[1] / FRAMES_PER_SECOND, 0, n_mels))
+    ax_m.set_ylabel("mel bin")
+    lanes: list[float] = []
+    for ev in events:
+        on, off = float(_field(ev, "onset")), float(_field(ev, "offset"))
+        lane = next((i for i, end in enumerate(lanes) if end <= on), None)
+        if lane is None:
+            lanes.append(off)
+            lane = len(lanes) - 1
+        lanes[lane] = off
+        kind = _field(ev, "kind") if (isinstance(ev, Mapping) and "kind" in ev) or hasattr(ev, "kind") else ""
+        ax_t.broken_barh([(on, off - on)], (lane + 0.1, 0.8), color=KIND_COLORS.get(kind, "tab:cyan"))
+        ax_t.text(on + 0.05, lane + 0.5, str(_field(ev, "label")), va="center", fontsize=7, color="white", clip_on=True)
+    ax_t.set_ylim(0, max(1, len(lanes)))
+    ax_t.set_yticks([])
+    ax_t.set_xlabel("seconds")
+    ax_t.set_xlim(0, dur)
     for k, (a, b) in enumerate(spans):
         color = SPAN_COLORS[k % len(SPAN_COLORS)]
-        for ax in axes:
-            ax.axvspan(a, b, color=color, alpha=0.25)
+        for ax in (ax_w, ax_m, ax_t):
+            ax.axvspan(a, b, color=color, alpha=0.3)
         label = span_labels[k] if span_labels else f"re-listen {k + 1}: {a:.1f}-{b:.1f} s"
-        axes[0].text(a, axes[0].get_ylim()[1], label, fontsize=8, color=color, va="bottom")
+        ax_w.text(a, ax_w.get_ylim()[1], label, fontsize=8, color=color, va="bottom")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -10,7 +10,7 @@ from echo_lite.plots import audio_player, audio_players, plot_bars, plot_clip, p
 
 def test_figures_draw_what_they_are_given():
     wav = (0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
-    fig = plot_clip(wav, events=[{"label": "A4 tone", "onset": 0.5, "offset": 1.5}], spans=[(1.0, 2.0)], title="t")
+    fig = plot_clip(wav, events=[{"label": "A4 tone", "onset": 0.5, "offset": 1.5, "kind": "tone"}], spans=[(1.0, 2.0)], title="t")
     assert len(fig.axes) == 3
     assert any(t.get_text() == "A4 tone" for t in fig.axes[2].texts)
     assert any("re-listen 1: 1.0-2.0 s" in t.get_text() for t in fig.axes[0].texts)

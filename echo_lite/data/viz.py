@@ -5,48 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from echo_lite.config import FRAMES_PER_SECOND, SAMPLE_RATE
-from echo_lite.data.world import KINDS, Scene, render_scene
-
-KIND_COLORS = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:brown", "tab:gray", "tab:green", "tab:purple"),
-                       strict=True))
+from echo_lite.data.world import Scene, render_scene
+from echo_lite.plots import plot_clip
 
 
 def plot_scene(scene: Scene, wav: np.ndarray | None = None, spans=(), n_mels: int = 128, title: str | None = None):
-    """Waveform, log-mel spectrogram and event timeline on one time axis; `spans` are highlighted."""
-    import matplotlib.pyplot as plt
-
-    from echo_lite.audio import AudioFeaturizer
-
+    """A scene's waveform, mel spectrogram and event timeline (`plots.plot_clip`); `spans` shaded."""
     wav = render_scene(scene) if wav is None else wav
-    mel = AudioFeaturizer(n_mels)([wav])["input_features"][0].numpy()
-    fig, (ax_w, ax_m, ax_t) = plt.subplots(3, 1, figsize=(12, 6), sharex=True,
-                                           gridspec_kw={"height_ratios": [1, 2, 1.2]})
-    t = np.arange(len(wav)) / SAMPLE_RATE
-    ax_w.plot(t, wav, lw=0.3, color="k")
-    ax_w.set_ylabel("wave")
-    ax_m.imshow(mel, origin="lower", aspect="auto", cmap="magma",
-                extent=(0, mel.shape[1] / FRAMES_PER_SECOND, 0, n_mels))
-    ax_m.set_ylabel("mel bin")
-    lanes: list[float] = []
-    for e in scene.events:
-        lane = next((i for i, end in enumerate(lanes) if end <= e.onset), None)  # overlaps get a lane of their own
-        if lane is None:
-            lanes.append(e.offset)
-            lane = len(lanes) - 1
-        lanes[lane] = e.offset
-        ax_t.broken_barh([(e.onset, e.duration)], (lane + 0.1, 0.8), color=KIND_COLORS.get(e.kind, "tab:cyan"))
-        ax_t.text(e.onset + 0.05, lane + 0.5, e.label, va="center", fontsize=7, color="white", clip_on=True)
-    ax_t.set_ylim(0, max(1, len(lanes)))
-    ax_t.set_yticks([])
-    ax_t.set_xlabel("seconds")
-    ax_t.set_xlim(0, scene.duration)
-    for a, b in spans:
-        for ax in (ax_w, ax_m, ax_t):
-            ax.axvspan(a, b, color="cyan", alpha=0.25)
-    fig.suptitle(title or f"{scene.scene_id}: {scene.duration:.1f} s, {len(scene.events)} events")
-    fig.tight_layout()
-    return fig
+    return plot_clip(wav, scene.events, spans, title or f"{scene.scene_id}: {scene.duration:.1f} s, "
+                     f"{len(scene.events)} events", n_mels=n_mels, span_labels=[f"{a:.1f}-{b:.1f} s" for a, b in spans])
 
 
 def plot_funnel(stats: dict):
