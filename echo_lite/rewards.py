@@ -52,7 +52,7 @@ def consistency_reward(text: str, spec: RewardSpec = PAPER_REWARDS) -> float:
     for tag in parse_segments(text):
         if tag.raw.endswith(SEG_CLOSE) and opens_new_sentence(text[tag.end_char:], spec.consistency_rule):
             n_bad += 1
-    return max(spec.consistency_floor, spec.consistency_penalty * n_bad)
+    return max(spec.consistency_floor, spec.consistency_penalty * n_bad) if n_bad else 0.0
 
 
 def accuracy_reward(correct: bool, spec: RewardSpec = PAPER_REWARDS, confidence: float | None = None) -> float:
