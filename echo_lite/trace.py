@@ -66,6 +66,7 @@ class Trace:
     temperature: float  # log-probs are log_softmax(logits / temperature); 1.0 for greedy
     finish_reason: str  # "stop" (end token), "length" (budget) or "context" (model's context)
     text: str = ""  # decoded completion, special tokens kept
+    backend: str = "transformers"  # which runtime produced it ("transformers" or "vllm")
     seed: int = 0
     query_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)

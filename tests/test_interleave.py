@@ -43,15 +43,24 @@ def _tags(k: int, offset: float = 0.0) -> str:
         f" listen {format_segment(offset + 1.1 * j, offset + 1.1 * j + 0.6 + 0.1 * j)}, high" for j in range(k))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny-model ops are far faster on one thread than fighting for two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def lm():
     return load_preset_model("tiny")
 
 
-@pytest.fixture(scope="module")
-def tagger():
+def train_tagger(max_steps: int = 150):
     """A tiny thinker trained here (seconds of AdamW through `trace_logprobs`) to answer three
-    questions with 1, 2 and 3 re-listens of its own; the runtime's forced traces are the data."""
+    questions with 1, 2 and 3 re-listens of its own; the runtime's forced traces are the data.
+    Returns (LoadedModel, queries, the target traces)."""
     from echo_lite.model import freeze_audio_tower
 
     lm = load_preset_model("tiny")
@@ -66,7 +75,7 @@ def tagger():
     torch.manual_seed(0)
     freeze_audio_tower(lm.model)
     opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=3e-3)
-    for step in range(1, 151):
+    for step in range(1, max_steps + 1):
         lm.model.train()
         out = trace_logprobs(lm.model, data)
         loss = -out.logprobs[out.sampled_mask].mean()
@@ -79,6 +88,11 @@ def tagger():
                 break
     lm.model.eval()
     return lm, queries, data
+
+
+@pytest.fixture(scope="module")
+def tagger():
+    return train_tagger()
 
 
 # ------------------------------------------------------------------ the done-when contracts
