@@ -349,6 +349,28 @@ class InterleavedGenerator(InterleaveRuntime):
         gen.manual_seed(int(seed))
         return gen
 
+    # ---------------------------------------------------------------- the loop
+    def _step_inputs(self, active: list[_Row]):
+        """(ids, new-slot mask, positions) for one step: left-padded so that every row's
+        next-token logits are at the last column."""
+        if all(len(r.pending_ids) == 1 for r in active):  # plain decoding: one token a row
+            ids = torch.tensor([r.pending_ids for r in active])
+            pos = torch.tensor([[r.next_pos] for r in active])
+            for r in active:
+                r.next_pos += 1
+            return ids, torch.ones_like(ids), pos
+        L = max(len(r.pending_ids) for r in active)
+        ids = torch.full((len(active), L), self.pad_id, dtype=torch.long)
+        new = torch.zeros((len(active), L), dtype=torch.long)
+        pos = torch.zeros((len(active), L), dtype=torch.long)
+        for i, r in enumerate(active):
+            n = len(r.pending_ids)
+            ids[i, L - n:] = torch.tensor(r.pending_ids)
+            new[i, L - n:] = 1
+            pos[i, L - n:] = torch.arange(r.next_pos, r.next_pos + n)
+            r.next_pos += n
+        return ids, new, pos
+
     # ---------------------------------------------------------------- sampling
     def _processors(self, placeholder_ids: list[int]):
         from transformers import (
@@ -394,7 +416,8 @@ class InterleavedGenerator(InterleaveRuntime):
         lps = lp_all.gather(1, torch.tensor(toks, device=self.device)[:, None])[:, 0].tolist()
         return toks, lps
 
-    @torch.no_grad()
+    # ---------------------------------------------------------------- decoding
+    @torch.inference_mode()  # nothing here is differentiated: trace_logprobs redoes it with grad
     def _run(self, rows: list[_Row]) -> dict[str, float]:
         """Decode `rows` together until each ends; returns the phase timings (seconds)."""
         from transformers import DynamicCache
@@ -413,16 +436,7 @@ class InterleavedGenerator(InterleaveRuntime):
             elif phase != "prefill":
                 phase = "resume" if any(r.pending_clips for r in active) else "decode"
             t0 = time.perf_counter()
-            L = max(len(r.pending_ids) for r in active)
-            ids = torch.full((len(active), L), self.pad_id, dtype=torch.long)
-            new = torch.zeros((len(active), L), dtype=torch.long)
-            pos = torch.zeros((len(active), L), dtype=torch.long)
-            for i, r in enumerate(active):  # left-pad: every row's next-token logits are at the end
-                n = len(r.pending_ids)
-                ids[i, L - n:] = torch.tensor(r.pending_ids)
-                new[i, L - n:] = 1
-                pos[i, L - n:] = torch.arange(r.next_pos, r.next_pos + n)
-                r.next_pos += n
+            ids, new, pos = self._step_inputs(active)
             clips = [c for r in active for c in r.pending_clips]
             audio = None
             if clips:
