@@ -36,6 +36,7 @@ from echo_lite.config import (
     AUDIO_EOS,
     AUDIO_PAD,
     PLACEHOLDER_TOKENS,
+    RUNTIME_MODES,
     SAMPLE_RATE,
     SEG_CLOSE,
     SEG_OPEN,
@@ -55,8 +56,7 @@ from echo_lite.trace import (
     unwrap_thinker,
 )
 
-MODES = ("one_pass", "tags_only", "interleaved", "random_segment", "oracle_segment")
-INSERTING_MODES = ("interleaved", "random_segment", "oracle_segment")
+MODES = RUNTIME_MODES
 CACHE_MODES = ("resume", "reprefill")
 
 
@@ -383,7 +383,7 @@ class InterleavedGenerator(InterleaveRuntime):
 
         procs = LogitsProcessorList([SuppressTokensLogitsProcessor(placeholder_ids, device=self.device)])
         window = 1
-        if self.mode == "one_pass":  # plain CoT: the model may not open a re-listen request
+        if self.mode == "one_pass":  # plain CoT: the tokenizer's own spelling of `<seg>` is banned
             bad = self.tok.encode(SEG_OPEN, add_special_tokens=False)
             procs.append(NoBadWordsLogitsProcessor([bad], eos_token_id=list(self.eos_ids)))
             window = len(bad)
@@ -504,6 +504,19 @@ def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:
         layer.keys = layer.keys[idx].gather(2, g)
         layer.values = layer.values[idx].gather(2, g)
     return m.gather(1, order)
+
+
+def answer_audio_file(audio: str, question: str, choices: Sequence[str] | None = None, preset: str = "tiny",
+                      checkpoint: str | None = None, mode: str = "interleaved", temperature: float | None = None,
+                      seed: int = 0, forced_prefix: str | None = None) -> Trace:
+    """One answer about an audio file (what `echo-lite listen` runs)."""
+    from echo_lite.audio import load_audio
+    from echo_lite.model import load_preset_model
+
+    lm = load_preset_model(preset, checkpoint)
+    q = Query(wav=load_audio(audio), question=question, choices=list(choices) if choices else None, id=str(audio))
+    return InterleavedGenerator(lm, mode=mode, temperature=temperature).generate([q], seed=seed,
+                                                                                 forced_prefix=forced_prefix)[0]
 
 
 def generate_traces(lm: LoadedModel, queries: Sequence[Query], mode: str = "interleaved", **kwargs) -> list[Trace]:

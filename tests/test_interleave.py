@@ -388,3 +388,23 @@ def test_bad_inputs_get_clear_errors(lm):
         Query(wav=np.full(16000, np.nan), question="q")
     with pytest.raises(RuntimeInputError, match="too short"):
         Query(wav=np.zeros(100), question="q")
+
+
+def test_cli_listen_writes_the_trace(tmp_path, capsys):
+    from echo_lite.audio import write_audio
+    from echo_lite.cli import main
+
+    wav = tmp_path / "tones.wav"
+    write_audio(wav, tone_clip([262.0, 330.0, 392.0, 440.0]))
+    out = tmp_path / "trace.json"
+    rc = main(["listen", "--audio", str(wav), "--question", "Which tone is second?", "--choices", "C4", "E4",
+               "--temperature", "0", "--forced-prefix", "<think>listen <seg>1.5, 2.5</seg>, then <seg>9.0, 9.5</seg>",
+               "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert [s["reason"] for s in d["segments"]] == [None, SegmentReject.OUT_OF_RANGE.value]
+    assert d["audio_spans"] == [[0.0, 6.0], [1.5, 2.5]]
+    printed = capsys.readouterr().out
+    assert "inserted" in printed and "out_of_range" in printed
+    with pytest.raises(SystemExit):
+        main(["listen", "--audio", str(wav), "--question", "q", "--mode", "two_pass"])
