@@ -17,7 +17,8 @@ when those holes pile up and finished rows leave the batch.
 Modes (the paper's controls): `one_pass` (plain CoT, `<seg>` banned), `tags_only`
 (tags written and judged, nothing inserted), `interleaved`, `random_segment` (a span of
 the same length elsewhere, seeded), `oracle_segment` (the item's i-th annotated span
-for its i-th valid tag). Everything ends in a `Trace` (trace.py).
+for its i-th valid tag). Everything ends in a `Trace` (trace.py); the vLLM backend
+(interleave_vllm.py) shares `InterleaveRuntime` and gives the same Traces.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class Query:
         name = f"query {self.id!r}" if self.id is not None else "query"
         wav = np.asarray(self.wav)
         if wav.ndim != 1 or not np.issubdtype(wav.dtype, np.number):
-            raise RuntimeInputError(f"{name}: wav must be a 1-D array of samples at {SAMPLE_RATE} Hz, got shape "
-                                f"{wav.shape} of {wav.dtype}")
+            raise RuntimeInputError(f"{name}: wav must be a 1-D array of samples at {SAMPLE_RATE} Hz, "
+                                    f"got shape {wav.shape} of {wav.dtype}")
         if not np.isfinite(wav).all():
             raise RuntimeInputError(f"{name}: wav has NaN or infinite samples")
         if audio_token_count(len(wav)) < 1:
@@ -491,7 +492,8 @@ def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:
     """Keep rows `keep` of a KV cache and pack each row's real positions to the right.
 
     Keys already carry their rotary positions, so moving cache slots is exact; only the
-    attention mask says which slots are real. Returns the new mask.
+    attention mask says which slots are real. Returns the new mask. (DynamicCache can
+    drop rows, `batch_select_indices`, but not re-pack each row's slots: hence our own.)
     """
     idx = torch.tensor(keep, device=attn.device)
     m = attn[idx]

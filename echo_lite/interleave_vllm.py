@@ -73,7 +73,13 @@ class VLLMInterleavedGenerator(InterleaveRuntime):
     backend = "vllm"
 
     def __init__(self, llm, preset: str | Preset, mode: str = "interleaved", temperature: float | None = None,
-                 top_p: float | None = None, batch_size: int | None = None, limits: SegmentLimits | None = None):
+                 top_p: float | None = None, batch_size: int | None = None, limits: SegmentLimits | None = None,
+                 sampling_params=None):
+        """llm: a `vllm.LLM` (see `make_llm`) or an engine with the same `generate` contract;
+        sampling_params: the class of its per-request parameters (`vllm.SamplingParams`)."""
+        if sampling_params is None:
+            from vllm import SamplingParams as sampling_params
+        self.sampling_params = sampling_params
         preset = get_preset(preset)
         tok = llm.get_tokenizer()
         eos = [tok.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT)]
@@ -90,11 +96,9 @@ class VLLMInterleavedGenerator(InterleaveRuntime):
         return super().generate(queries, seed=seed, seeds=seeds)
 
     def _params(self, r: _Row, round_idx: int):
-        from vllm import SamplingParams
-
         room = min(self.limits.max_new_tokens - self._budget_used(r),
                    self.max_positions - len(r.prompt_ids) - len(r.completion))
-        return SamplingParams(
+        return self.sampling_params(
             temperature=self.temperature, top_p=self.top_p if self.temperature > 0 else 1.0,
             max_tokens=max(1, room), seed=(r.seed * 1_000_003 + round_idx) % (2**31),
             stop=None if self.mode == "one_pass" else [SEG_CLOSE], include_stop_str_in_output=True,

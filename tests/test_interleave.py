@@ -7,6 +7,7 @@ real) and a tiny thinker trained here for a few seconds to write tags on its own
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -57,10 +58,11 @@ def lm():
     return load_preset_model("tiny")
 
 
+@functools.lru_cache(maxsize=1)
 def train_tagger(max_steps: int = 150):
     """A tiny thinker trained here (seconds of AdamW through `trace_logprobs`) to answer three
     questions with 1, 2 and 3 re-listens of its own; the runtime's forced traces are the data.
-    Returns (LoadedModel, queries, the target traces)."""
+    Returns (LoadedModel, queries, the target traces); trained once per test session."""
     from echo_lite.model import freeze_audio_tower
 
     lm = load_preset_model("tiny")
