@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from echo_lite.config import PRESETS
+from echo_lite.config import PRESETS, RUNTIME_MODES
 
 
 def _cmd_demo(args) -> int:
@@ -110,6 +110,17 @@ def _cmd_eval(args) -> int:
         pred = Path(args.out) / f"{args.bench}_{args.mode}_predictions{suffix}"
         metrics = evaluate_benchmark(lm, args.bench, args.data, pred, args.mode, limit=args.limit)
     print(json.dumps(metrics, indent=1))
+def _cmd_listen(args) -> int:
+    from echo_lite.interleave import answer_audio_file
+    from echo_lite.trace import format_trace
+
+    trace = answer_audio_file(args.audio, args.question, args.choices, preset=args.preset,
+                              checkpoint=args.checkpoint, mode=args.mode, temperature=args.temperature,
+                              seed=args.seed, forced_prefix=args.forced_prefix)
+    print(format_trace(trace))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(trace.to_dict(), f, indent=2)
     return 0
 
 
@@ -182,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--limit", type=int)
     e.set_defaults(func=_cmd_eval)
+    li = sub.add_parser("listen", help="answer a question about an audio file with the interleaved runtime")
+    li.add_argument("--audio", required=True, help="wav/flac/ogg/mp3 file")
+    li.add_argument("--question", required=True)
+    li.add_argument("--choices", nargs="+", default=None)
+    li.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    li.add_argument("--checkpoint", help="a local directory (or hub id) to load instead")
+    li.add_argument("--mode", default="interleaved", choices=RUNTIME_MODES)
+    li.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the preset's)")
+    li.add_argument("--seed", type=int, default=0)
+    li.add_argument("--forced-prefix", default=None, help="text the model is made to write first (teaching aid)")
+    li.add_argument("--json", help="also write the Trace to this JSON file")
+    li.set_defaults(func=_cmd_listen)
 
     t = sub.add_parser("build-tokenizer", help="rebuild the tiny tokenizer (data/tiny_tokenizer)")
     t.add_argument("--out", default=None)

@@ -36,6 +36,9 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 SEG_OPEN, SEG_CLOSE = "<seg>", "</seg>"
 RESPONSE_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, SEG_OPEN, SEG_CLOSE)
 
+# The runtime's modes: the paper's method and the controls it lacks (interleave.py).
+RUNTIME_MODES = ("one_pass", "tags_only", "interleaved", "random_segment", "oracle_segment")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 

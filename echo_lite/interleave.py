@@ -17,7 +17,8 @@ when those holes pile up and finished rows leave the batch.
 Modes (the paper's controls): `one_pass` (plain CoT, `<seg>` banned), `tags_only`
 (tags written and judged, nothing inserted), `interleaved`, `random_segment` (a span of
 the same length elsewhere, seeded), `oracle_segment` (the item's i-th annotated span
-for its i-th valid tag). Everything ends in a `Trace` (trace.py).
+for its i-th valid tag). Everything ends in a `Trace` (trace.py); the vLLM backend
+(interleave_vllm.py) shares `InterleaveRuntime` and gives the same Traces.
 """
 
 from __future__ import annotations
@@ -31,7 +32,17 @@ import numpy as np
 import torch
 
 from echo_lite.audio import AudioFeaturizer, audio_token_count, cut_span
-from echo_lite.config import AUDIO_BOS, AUDIO_EOS, AUDIO_PAD, SAMPLE_RATE, SEG_CLOSE, SEG_OPEN, SegmentLimits
+from echo_lite.config import (
+    AUDIO_BOS,
+    AUDIO_EOS,
+    AUDIO_PAD,
+    PLACEHOLDER_TOKENS,
+    RUNTIME_MODES,
+    SAMPLE_RATE,
+    SEG_CLOSE,
+    SEG_OPEN,
+    SegmentLimits,
+)
 from echo_lite.model import LoadedModel
 from echo_lite.prompts import INSTRUCTION, build_prompt
 from echo_lite.segments import SegmentReject, parse_segments, validate_segment
@@ -46,8 +57,7 @@ from echo_lite.trace import (
     unwrap_thinker,
 )
 
-MODES = ("one_pass", "tags_only", "interleaved", "random_segment", "oracle_segment")
-INSERTING_MODES = ("interleaved", "random_segment", "oracle_segment")
+MODES = RUNTIME_MODES
 CACHE_MODES = ("resume", "reprefill")
 
 
@@ -70,8 +80,8 @@ class Query:
         name = f"query {self.id!r}" if self.id is not None else "query"
         wav = np.asarray(self.wav)
         if wav.ndim != 1 or not np.issubdtype(wav.dtype, np.number):
-            raise RuntimeInputError(f"{name}: wav must be a 1-D array of samples at {SAMPLE_RATE} Hz, got shape "
-                                f"{wav.shape} of {wav.dtype}")
+            raise RuntimeInputError(f"{name}: wav must be a 1-D array of samples at {SAMPLE_RATE} Hz, "
+                                    f"got shape {wav.shape} of {wav.dtype}")
         if not np.isfinite(wav).all():
             raise RuntimeInputError(f"{name}: wav has NaN or infinite samples")
         if audio_token_count(len(wav)) < 1:
@@ -111,86 +121,34 @@ class _Row:
         return len(self.query.wav) / SAMPLE_RATE
 
 
-class InterleavedGenerator:
-    """Generate answers with re-listening from a `LoadedModel` (transformers backend).
+class InterleaveRuntime:
+    """What every backend shares: prompts, `<seg>` detection, decisions per mode, insertion,
+    budgets and Traces. A backend implements `_run(rows)` (decode until each row ends).
 
-    temperature: None -> the preset's eval temperature; 0 -> greedy. Log-probs are
-    recorded as log_softmax(logits / temperature) (raw logits for greedy).
+    temperature: None -> the preset's eval temperature; 0 -> greedy.
     """
 
-    def __init__(self, lm: LoadedModel, mode: str = "interleaved", temperature: float | None = None,
-                 top_p: float | None = None, cache: str = "resume", batch_size: int | None = None,
-                 limits: SegmentLimits | None = None):
+    backend = "none"
+
+    def __init__(self, tokenizer, preset, mode: str = "interleaved", temperature: float | None = None,
+                 top_p: float | None = None, batch_size: int | None = None, limits: SegmentLimits | None = None,
+                 eos_ids: Sequence[int] = (), max_positions: int = 32768):
         if mode not in MODES:
             raise RuntimeInputError(f"mode {mode!r} is not one of {MODES}")
-        if cache not in CACHE_MODES:
-            raise RuntimeInputError(f"cache {cache!r} is not one of {CACHE_MODES}")
-        preset = lm.preset
-        self.lm, self.mode, self.cache_mode = lm, mode, cache
-        self.thinker = unwrap_thinker(lm.model)
-        self.tok = lm.tokenizer
+        self.tok, self.preset, self.mode = tokenizer, preset, mode
         self.limits = limits or preset.segments
         self.temperature = preset.sampling.eval_temperature if temperature is None else float(temperature)
         if self.temperature < 0:
             raise RuntimeInputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         self.top_p = preset.sampling.top_p if top_p is None else float(top_p)
         self.batch_size = batch_size or preset.runtime.batch_size
-        self.compact_after = preset.runtime.compact_after_holes
-        self.featurizer = AudioFeaturizer(self.thinker.config.audio_config.num_mel_bins)
-        self.device = self.thinker.lm_head.weight.device
-        ids = {t: self.tok.convert_tokens_to_ids(t) for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS)}
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDER_TOKENS}
+        self.placeholder_ids = list(ids.values())
         self.bos_id, self.pad_audio_id, self.eos_audio_id = ids[AUDIO_BOS], ids[AUDIO_PAD], ids[AUDIO_EOS]
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        eos = lm.model.generation_config.eos_token_id
-        self.eos_ids = {self.tok.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self.max_positions = self.thinker.config.text_config.max_position_embeddings
-        self.processors, self.window = self._processors(lm.placeholder_ids())
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = {tokenizer.eos_token_id} | set(eos_ids)
+        self.max_positions = max_positions
         self._closes_cache: dict[int, bool] = {}
-
-    # ---------------------------------------------------------------- sampling
-    def _processors(self, placeholder_ids: list[int]):
-        from transformers import (
-            LogitsProcessorList,
-            NoBadWordsLogitsProcessor,
-            SuppressTokensLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        procs = LogitsProcessorList([SuppressTokensLogitsProcessor(placeholder_ids, device=self.device)])
-        window = 1
-        if self.mode == "one_pass":  # plain CoT: the model may not open a re-listen request
-            bad = self.tok.encode(SEG_OPEN, add_special_tokens=False)
-            procs.append(NoBadWordsLogitsProcessor([bad], eos_token_id=list(self.eos_ids)))
-            window = len(bad)
-        if self.temperature > 0:
-            procs.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_p < 1.0:
-                procs.append(TopPLogitsWarper(self.top_p))
-        return procs, window
-
-    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
-        temp = self.temperature if self.temperature > 0 else 1.0
-        lp_all = torch.log_softmax(logits / temp, dim=-1)
-        recent = torch.full((len(rows), self.window), self.pad_id, dtype=torch.long)
-        if self.window > 1:  # multi-token bad words: the processors see each row's latest sampled tokens
-            for i, r in enumerate(rows):
-                tail = [t for t, m in zip(r.completion, r.inserted, strict=True) if not m][-self.window:]
-                if tail:
-                    recent[i, self.window - len(tail):] = torch.tensor(tail)
-        scores, recent = logits, recent.to(self.device)
-        for proc in self.processors:  # called directly: LogitsProcessorList inspects signatures every call
-            scores = proc(recent, scores)
-        if self.temperature > 0:
-            probs = torch.softmax(scores, dim=-1)
-            toks = [int(torch.multinomial(probs[i], 1, generator=r.gen)) for i, r in enumerate(rows)]
-        else:
-            toks = scores.argmax(dim=-1).tolist()
-        for i, r in enumerate(rows):  # forced prefix: a teaching/testing utility (see generate)
-            if r.n_text < len(r.forced):
-                toks[i] = r.forced[r.n_text]
-        lps = lp_all.gather(1, torch.tensor(toks, device=self.device)[:, None])[:, 0].tolist()
-        return toks, lps
 
     # ---------------------------------------------------------------- segments
     def _may_close(self, tok: int) -> bool:
@@ -244,7 +202,7 @@ class InterleavedGenerator:
         counted = n_ins if self.limits.inserted_audio_counts_against_budget else 0
         if self._budget_used(r) + counted + 1 > self.limits.max_new_tokens:
             rec.reason = RuntimeReject.OVER_BUDGET.value  # no room left for a single token after it
-        elif r.next_pos + len(r.pending_ids) + n_ins + 1 > self.max_positions:
+        elif len(r.prompt_ids) + len(r.completion) + n_ins + 1 > self.max_positions:
             rec.reason = RuntimeReject.CONTEXT_FULL.value
         return rec, (clip if rec.reason is None else None), span
 
@@ -276,29 +234,191 @@ class InterleavedGenerator:
             self._after_token(r)
         if self._budget_used(r) >= self.limits.max_new_tokens:
             r.finish = "length"
-        elif r.next_pos + len(r.pending_ids) >= self.max_positions:
+        elif len(r.prompt_ids) + len(r.completion) >= self.max_positions:
             r.finish = "context"
 
-    # ---------------------------------------------------------------- the loop
+    # ---------------------------------------------------------------- rows and traces
     def _new_row(self, q: Query, seed: int, forced: str | None) -> _Row:
         text = build_prompt(q.question, q.choices, [audio_token_count(len(q.wav))], instruction=q.instruction)
         prompt_ids = self.tok.encode(text, add_special_tokens=False)
         forced_ids = self.tok.encode(forced, add_special_tokens=False) if forced else []
-        bad = set(forced_ids) & set(self.lm.placeholder_ids())
+        bad = set(forced_ids) & set(self.placeholder_ids)
         if bad:
             raise RuntimeInputError(f"forced prefix of query {q.id!r} contains placeholder token(s) "
                                     f"{self.tok.convert_ids_to_tokens(sorted(bad))}: only the runtime inserts audio")
-        gen = None
-        if self.temperature > 0:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(int(seed))
-        r = _Row(query=q, seed=int(seed), prompt_ids=prompt_ids, forced=forced_ids, gen=gen)
+        r = _Row(query=q, seed=int(seed), prompt_ids=prompt_ids, forced=forced_ids, gen=self._row_generator(seed))
         r.pending_ids = list(prompt_ids)
         r.pending_clips = [q.wav]
         r.clips, r.spans = [q.wav], [full_clip_span(q.wav)]
         return r
 
-    @torch.no_grad()
+    def _row_generator(self, seed: int):
+        return None
+
+    def _run(self, rows: list[_Row]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def generate(self, queries: Sequence[Query], seed: int = 0, seeds: Sequence[int] | None = None,
+                 forced_prefix: str | Sequence[str | None] | None = None) -> list[Trace]:
+        """One Trace per query, in order; rows run `batch_size` at a time (resume) or one by one (reprefill).
+
+        seeds: one per query (default `seed + i`); a row's sampling and its random
+        segments depend only on its own seed, so batched and one-by-one runs agree.
+        forced_prefix: text the model is made to write first, token by token, through
+        the same loop (every forward, pause and insertion stays real). A teaching and
+        testing utility: it yields traces with chosen `<seg>` tags from any model.
+        """
+        queries = list(queries)
+        if not queries:
+            raise RuntimeInputError("generate needs at least one query")
+        seeds = [seed + i for i in range(len(queries))] if seeds is None else list(seeds)
+        if len(seeds) != len(queries):
+            raise RuntimeInputError(f"{len(seeds)} seeds for {len(queries)} queries")
+        if forced_prefix is None or isinstance(forced_prefix, str):
+            forced_prefix = [forced_prefix] * len(queries)
+        if len(forced_prefix) != len(queries):
+            raise RuntimeInputError(f"{len(forced_prefix)} forced prefixes for {len(queries)} queries")
+        if self.mode == "oracle_segment" and not any(q.decisive_spans for q in queries):
+            raise RuntimeInputError("mode 'oracle_segment' needs queries with decisive_spans")
+        rows = [self._new_row(q, s, f) for q, s, f in zip(queries, seeds, forced_prefix, strict=True)]
+        step = self._rows_per_run()
+        traces = []
+        for b in range(0, len(rows), step):
+            batch = rows[b:b + step]
+            timings = self._run(batch)
+            timings["batch_size"] = len(batch)
+            traces += [self._trace(r, timings) for r in batch]
+        return traces
+
+    def _rows_per_run(self) -> int:
+        return self.batch_size
+
+    def _trace(self, r: _Row, timings: dict[str, float]) -> Trace:
+        return Trace(
+            mode=self.mode, backend=self.backend, prompt_ids=r.prompt_ids, completion_ids=r.completion,
+            inserted_mask=r.inserted, logprobs=r.logprobs, segments=r.segments, audio_spans=r.spans,
+            temperature=self.temperature if self.temperature > 0 else 1.0, finish_reason=r.finish,
+            text=self.tok.decode(r.completion, skip_special_tokens=False), seed=r.seed, query_id=r.query.id,
+            timings=dict(timings), wav=r.query.wav,
+        )
+
+
+class InterleavedGenerator(InterleaveRuntime):
+    """The transformers backend: our own batched decode loop over a kept KV cache.
+
+    cache="resume" (default) keeps the cache across pauses and feeds only the new clip;
+    cache="reprefill" rebuilds it from the whole context at every pause, one row at a
+    time (the authors' runtime; the baseline for tests and benchmarks). Log-probs are
+    recorded as log_softmax(logits / temperature) (raw logits for greedy).
+    """
+
+    backend = "transformers"
+
+    def __init__(self, lm: LoadedModel, mode: str = "interleaved", temperature: float | None = None,
+                 top_p: float | None = None, cache: str = "resume", batch_size: int | None = None,
+                 limits: SegmentLimits | None = None):
+        if cache not in CACHE_MODES:
+            raise RuntimeInputError(f"cache {cache!r} is not one of {CACHE_MODES}")
+        self.lm, self.cache_mode = lm, cache
+        self.thinker = unwrap_thinker(lm.model)
+        eos = lm.model.generation_config.eos_token_id
+        super().__init__(lm.tokenizer, lm.preset, mode=mode, temperature=temperature, top_p=top_p,
+                         batch_size=batch_size, limits=limits,
+                         eos_ids=eos if isinstance(eos, list) else [eos] if eos is not None else [],
+                         max_positions=self.thinker.config.text_config.max_position_embeddings)
+        self.compact_after = lm.preset.runtime.compact_after_holes
+        self.featurizer = AudioFeaturizer(self.thinker.config.audio_config.num_mel_bins)
+        self.device = self.thinker.lm_head.weight.device
+        self.processors, self.window = self._processors(self.placeholder_ids)
+
+    def generate(self, queries: Sequence[Query], seed: int = 0, seeds: Sequence[int] | None = None,
+                 forced_prefix: str | Sequence[str | None] | None = None) -> list[Trace]:
+        was_training = self.lm.model.training
+        self.lm.model.eval()
+        try:
+            return super().generate(queries, seed=seed, seeds=seeds, forced_prefix=forced_prefix)
+        finally:
+            self.lm.model.train(was_training)
+
+    def _rows_per_run(self) -> int:
+        return 1 if self.cache_mode == "reprefill" else self.batch_size
+
+    def _row_generator(self, seed: int):
+        if self.temperature <= 0:
+            return None
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed))
+        return gen
+
+    # ---------------------------------------------------------------- the loop
+    def _step_inputs(self, active: list[_Row]):
+        """(ids, new-slot mask, positions) for one step: left-padded so that every row's
+        next-token logits are at the last column."""
+        if all(len(r.pending_ids) == 1 for r in active):  # plain decoding: one token a row
+            ids = torch.tensor([r.pending_ids for r in active])
+            pos = torch.tensor([[r.next_pos] for r in active])
+            for r in active:
+                r.next_pos += 1
+            return ids, torch.ones_like(ids), pos
+        L = max(len(r.pending_ids) for r in active)
+        ids = torch.full((len(active), L), self.pad_id, dtype=torch.long)
+        new = torch.zeros((len(active), L), dtype=torch.long)
+        pos = torch.zeros((len(active), L), dtype=torch.long)
+        for i, r in enumerate(active):
+            n = len(r.pending_ids)
+            ids[i, L - n:] = torch.tensor(r.pending_ids)
+            new[i, L - n:] = 1
+            pos[i, L - n:] = torch.arange(r.next_pos, r.next_pos + n)
+            r.next_pos += n
+        return ids, new, pos
+
+    # ---------------------------------------------------------------- sampling
+    def _processors(self, placeholder_ids: list[int]):
+        from transformers import (
+            LogitsProcessorList,
+            NoBadWordsLogitsProcessor,
+            SuppressTokensLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        procs = LogitsProcessorList([SuppressTokensLogitsProcessor(placeholder_ids, device=self.device)])
+        window = 1
+        if self.mode == "one_pass":  # plain CoT: the tokenizer's own spelling of `<seg>` is banned
+            bad = self.tok.encode(SEG_OPEN, add_special_tokens=False)
+            procs.append(NoBadWordsLogitsProcessor([bad], eos_token_id=list(self.eos_ids)))
+            window = len(bad)
+        if self.temperature > 0:
+            procs.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_p < 1.0:
+                procs.append(TopPLogitsWarper(self.top_p))
+        return procs, window
+
+    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
+        temp = self.temperature if self.temperature > 0 else 1.0
+        lp_all = torch.log_softmax(logits / temp, dim=-1)
+        recent = torch.full((len(rows), self.window), self.pad_id, dtype=torch.long)
+        if self.window > 1:  # multi-token bad words: the processors see each row's latest sampled tokens
+            for i, r in enumerate(rows):
+                tail = [t for t, m in zip(r.completion, r.inserted, strict=True) if not m][-self.window:]
+                if tail:
+                    recent[i, self.window - len(tail):] = torch.tensor(tail)
+        scores, recent = logits, recent.to(self.device)
+        for proc in self.processors:  # called directly: LogitsProcessorList inspects signatures every call
+            scores = proc(recent, scores)
+        if self.temperature > 0:
+            probs = torch.softmax(scores, dim=-1)
+            toks = [int(torch.multinomial(probs[i], 1, generator=r.gen)) for i, r in enumerate(rows)]
+        else:
+            toks = scores.argmax(dim=-1).tolist()
+        for i, r in enumerate(rows):  # forced prefix: a teaching/testing utility (see generate)
+            if r.n_text < len(r.forced):
+                toks[i] = r.forced[r.n_text]
+        lps = lp_all.gather(1, torch.tensor(toks, device=self.device)[:, None])[:, 0].tolist()
+        return toks, lps
+
+    # ---------------------------------------------------------------- decoding
+    @torch.inference_mode()  # nothing here is differentiated: trace_logprobs redoes it with grad
     def _run(self, rows: list[_Row]) -> dict[str, float]:
         """Decode `rows` together until each ends; returns the phase timings (seconds)."""
         from transformers import DynamicCache
@@ -317,16 +437,7 @@ class InterleavedGenerator:
             elif phase != "prefill":
                 phase = "resume" if any(r.pending_clips for r in active) else "decode"
             t0 = time.perf_counter()
-            L = max(len(r.pending_ids) for r in active)
-            ids = torch.full((len(active), L), self.pad_id, dtype=torch.long)
-            new = torch.zeros((len(active), L), dtype=torch.long)
-            pos = torch.zeros((len(active), L), dtype=torch.long)
-            for i, r in enumerate(active):  # left-pad: every row's next-token logits are at the end
-                n = len(r.pending_ids)
-                ids[i, L - n:] = torch.tensor(r.pending_ids)
-                new[i, L - n:] = 1
-                pos[i, L - n:] = torch.arange(r.next_pos, r.next_pos + n)
-                r.next_pos += n
+            ids, new, pos = self._step_inputs(active)
             clips = [c for r in active for c in r.pending_clips]
             audio = None
             if clips:
@@ -359,52 +470,6 @@ class InterleavedGenerator:
         timings["total_s"] = time.perf_counter() - t_begin
         return dict(timings)
 
-    def generate(self, queries: Sequence[Query], seed: int = 0, seeds: Sequence[int] | None = None,
-                 forced_prefix: str | Sequence[str | None] | None = None) -> list[Trace]:
-        """One Trace per query, in order; rows run `batch_size` at a time (resume) or one by one (reprefill).
-
-        seeds: one per query (default `seed + i`); a row's sampling and its random
-        segments depend only on its own seed, so batched and one-by-one runs agree.
-        forced_prefix: text the model is made to write first, token by token, through
-        the same loop (every forward, pause and insertion stays real). A teaching and
-        testing utility: it yields traces with chosen `<seg>` tags from any model.
-        """
-        queries = list(queries)
-        if not queries:
-            raise RuntimeInputError("generate needs at least one query")
-        seeds = [seed + i for i in range(len(queries))] if seeds is None else list(seeds)
-        if len(seeds) != len(queries):
-            raise RuntimeInputError(f"{len(seeds)} seeds for {len(queries)} queries")
-        if forced_prefix is None or isinstance(forced_prefix, str):
-            forced_prefix = [forced_prefix] * len(queries)
-        if len(forced_prefix) != len(queries):
-            raise RuntimeInputError(f"{len(forced_prefix)} forced prefixes for {len(queries)} queries")
-        if self.mode == "oracle_segment" and not any(q.decisive_spans for q in queries):
-            raise RuntimeInputError("mode 'oracle_segment' needs queries with decisive_spans")
-        rows = [self._new_row(q, s, f) for q, s, f in zip(queries, seeds, forced_prefix, strict=True)]
-        step = 1 if self.cache_mode == "reprefill" else self.batch_size
-        was_training = self.lm.model.training
-        self.lm.model.eval()
-        try:
-            traces = []
-            for b in range(0, len(rows), step):
-                batch = rows[b:b + step]
-                timings = self._run(batch)
-                timings["batch_size"] = len(batch)
-                traces += [self._trace(r, timings) for r in batch]
-        finally:
-            self.lm.model.train(was_training)
-        return traces
-
-    def _trace(self, r: _Row, timings: dict[str, float]) -> Trace:
-        return Trace(
-            mode=self.mode, prompt_ids=r.prompt_ids, completion_ids=r.completion, inserted_mask=r.inserted,
-            logprobs=r.logprobs, segments=r.segments, audio_spans=r.spans,
-            temperature=self.temperature if self.temperature > 0 else 1.0, finish_reason=r.finish,
-            text=self.tok.decode(r.completion, skip_special_tokens=False), seed=r.seed, query_id=r.query.id,
-            timings=dict(timings), wav=r.query.wav,
-        )
-
 
 def random_span(dur: float, span: tuple[float, float], rng: np.random.Generator) -> tuple[float, float]:
     """A span as long as `span`, placed uniformly where it does not overlap `span`
@@ -427,7 +492,8 @@ def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:
     """Keep rows `keep` of a KV cache and pack each row's real positions to the right.
 
     Keys already carry their rotary positions, so moving cache slots is exact; only the
-    attention mask says which slots are real. Returns the new mask.
+    attention mask says which slots are real. Returns the new mask. (DynamicCache can
+    drop rows, `batch_select_indices`, but not re-pack each row's slots: hence our own.)
     """
     idx = torch.tensor(keep, device=attn.device)
     m = attn[idx]
@@ -440,6 +506,19 @@ def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:
         layer.keys = layer.keys[idx].gather(2, g)
         layer.values = layer.values[idx].gather(2, g)
     return m.gather(1, order)
+
+
+def answer_audio_file(audio: str, question: str, choices: Sequence[str] | None = None, preset: str = "tiny",
+                      checkpoint: str | None = None, mode: str = "interleaved", temperature: float | None = None,
+                      seed: int = 0, forced_prefix: str | None = None) -> Trace:
+    """One answer about an audio file (what `echo-lite listen` runs)."""
+    from echo_lite.audio import load_audio
+    from echo_lite.model import load_preset_model
+
+    lm = load_preset_model(preset, checkpoint)
+    q = Query(wav=load_audio(audio), question=question, choices=list(choices) if choices else None, id=str(audio))
+    return InterleavedGenerator(lm, mode=mode, temperature=temperature).generate([q], seed=seed,
+                                                                                 forced_prefix=forced_prefix)[0]
 
 
 def generate_traces(lm: LoadedModel, queries: Sequence[Query], mode: str = "interleaved", **kwargs) -> list[Trace]:

@@ -66,9 +66,10 @@ class Trace:
     temperature: float  # log-probs are log_softmax(logits / temperature); 1.0 for greedy
     finish_reason: str  # "stop" (end token), "length" (budget) or "context" (model's context)
     text: str = ""  # decoded completion, special tokens kept
+    backend: str = "transformers"  # which runtime produced it ("transformers" or "vllm")
     seed: int = 0
     query_id: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # phase seconds of the run (batch) it was part of
     wav: np.ndarray | None = field(default=None, repr=False, compare=False)  # raw waveform, not serialised
 
     def __post_init__(self):
@@ -103,6 +104,26 @@ class Trace:
                          for s in d["segments"]]
         d["audio_spans"] = [tuple(s) for s in d["audio_spans"]]
         return cls(**d, wav=wav)
+
+
+def format_trace(trace: Trace) -> str:
+    """A plain-text report: the answer, one row per `<seg>` request, and the timings."""
+    def span(s):
+        return "-" if s is None else f"{s[0]:.2f}-{s[1]:.2f} s"
+
+    lines = [f"mode {trace.mode} ({trace.backend}), finish: {trace.finish_reason}, "
+             f"{trace.n_generated} generated + {len(trace.completion_ids) - trace.n_generated} inserted tokens, "
+             f"{trace.n_relistens} re-listen(s)", "", trace.text, ""]
+    if trace.segments:
+        lines.append(f"{'#':>2}  {'requested':<14}{'applied':<14}{'source':<8}{'audio tok':>9}  outcome")
+        for s in trace.segments:
+            outcome = "inserted" if s.inserted else s.reason
+            lines.append(f"{s.index:>2}  {span(s.requested):<14}{span(s.applied):<14}{s.source:<8}"
+                         f"{s.audio_tokens:>9}  {outcome}")
+        lines.append("")
+    lines.append("timings: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in trace.timings.items()))
+    return "\n".join(lines)
 
 
 def _span(s):

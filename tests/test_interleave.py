@@ -7,6 +7,7 @@ real) and a tiny thinker trained here for a few seconds to write tags on its own
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -43,15 +44,25 @@ def _tags(k: int, offset: float = 0.0) -> str:
         f" listen {format_segment(offset + 1.1 * j, offset + 1.1 * j + 0.6 + 0.1 * j)}, high" for j in range(k))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny-model ops are far faster on one thread than fighting for two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def lm():
     return load_preset_model("tiny")
 
 
-@pytest.fixture(scope="module")
-def tagger():
+@functools.lru_cache(maxsize=1)
+def train_tagger(max_steps: int = 150):
     """A tiny thinker trained here (seconds of AdamW through `trace_logprobs`) to answer three
-    questions with 1, 2 and 3 re-listens of its own; the runtime's forced traces are the data."""
+    questions with 1, 2 and 3 re-listens of its own; the runtime's forced traces are the data.
+    Returns (LoadedModel, queries, the target traces); trained once per test session."""
     from echo_lite.model import freeze_audio_tower
 
     lm = load_preset_model("tiny")
@@ -66,7 +77,7 @@ def tagger():
     torch.manual_seed(0)
     freeze_audio_tower(lm.model)
     opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=3e-3)
-    for step in range(1, 151):
+    for step in range(1, max_steps + 1):
         lm.model.train()
         out = trace_logprobs(lm.model, data)
         loss = -out.logprobs[out.sampled_mask].mean()
@@ -79,6 +90,11 @@ def tagger():
                 break
     lm.model.eval()
     return lm, queries, data
+
+
+@pytest.fixture(scope="module")
+def tagger():
+    return train_tagger()
 
 
 # ------------------------------------------------------------------ the done-when contracts
@@ -374,3 +390,23 @@ def test_bad_inputs_get_clear_errors(lm):
         Query(wav=np.full(16000, np.nan), question="q")
     with pytest.raises(RuntimeInputError, match="too short"):
         Query(wav=np.zeros(100), question="q")
+
+
+def test_cli_listen_writes_the_trace(tmp_path, capsys):
+    from echo_lite.audio import write_audio
+    from echo_lite.cli import main
+
+    wav = tmp_path / "tones.wav"
+    write_audio(wav, tone_clip([262.0, 330.0, 392.0, 440.0]))
+    out = tmp_path / "trace.json"
+    rc = main(["listen", "--audio", str(wav), "--question", "Which tone is second?", "--choices", "C4", "E4",
+               "--temperature", "0", "--forced-prefix", "<think>listen <seg>1.5, 2.5</seg>, then <seg>9.0, 9.5</seg>",
+               "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert [s["reason"] for s in d["segments"]] == [None, SegmentReject.OUT_OF_RANGE.value]
+    assert d["audio_spans"] == [[0.0, 6.0], [1.5, 2.5]]
+    printed = capsys.readouterr().out
+    assert "inserted" in printed and "out_of_range" in printed
+    with pytest.raises(SystemExit):
+        main(["listen", "--audio", str(wav), "--question", "q", "--mode", "two_pass"])

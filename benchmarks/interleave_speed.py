@@ -1,0 +1,160 @@
+"""Time the interleaved runtime side by side (issue 5).
+
+    PYTHONPATH=. python benchmarks/interleave_speed.py                # tiny preset, CPU
+    PYTHONPATH=. python benchmarks/interleave_speed.py --preset omni-3b --checkpoint DIR   # GPU
+
+Every answer generates exactly `max_new_tokens` text tokens (the preset's budget): the
+first part is forced (`forced_prefix`: k re-listen requests spread over the answer),
+the rest is the model's own greedy decoding, so every pause, clip and forward is real.
+Compared, each on the same answers:
+  1. cache resume vs full re-prefill (the authors' runtime) for 0, 1, 2, 4, 8 re-listens;
+  2. 16 trajectories batched vs one by one (rows pause at different steps);
+  3. interleaved vs one-pass at equal generated tokens.
+Each time is the best of `--repeats` runs, measured alternately. On CPU the clock is
+the process's CPU time by default (one thread: the work done, not the time spent
+waiting for a core on a shared machine); on a GPU it is wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from echo_lite.config import SAMPLE_RATE, get_preset
+from echo_lite.demo import tone_clip
+from echo_lite.interleave import InterleavedGenerator, Query
+from echo_lite.model import load_preset_model
+from echo_lite.segments import format_segment
+
+PITCHES = [262.0, 294.0, 330.0, 349.0, 392.0, 440.0, 494.0, 523.0]
+
+
+def make_queries(n: int, n_tones: int) -> list[Query]:
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        wav = tone_clip([float(p) for p in rng.choice(PITCHES, size=n_tones)], seed=i)
+        out.append(Query(wav=wav, question=f"Which tone is heard at {i % n_tones + 0.5} s?",
+                         choices=["C4", "E4", "G4", "A4"], id=f"bench{i}"))
+    return out
+
+
+def forced_answer(tok, k: int, budget: int, clip_s: float) -> str:
+    """A reasoning prefix with k valid re-listens (1-2 s spans) spread over ~80 % of the budget."""
+    text = "<think>"
+    if k == 0:
+        return text
+    tag_tokens = len(tok.encode(f" listen {format_segment(1.0, 2.5)},", add_special_tokens=False))
+    gap = max(0, (int(0.8 * budget) - k * tag_tokens) // k)
+    for j in range(k):
+        start = round((j * 1.3) % max(clip_s - 2.0, 1.0), 1)
+        text += " then" * gap + f" listen {format_segment(start, start + 1.0 + 0.1 * (j % 5))},"
+    return text
+
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def best_of(fns: dict, repeats: int, clock) -> dict:
+    """Run each function `repeats` times, alternating between them; best time of each."""
+    best = {name: float("inf") for name in fns}
+    out = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = clock()
+            out[name] = fn()
+            best[name] = min(best[name], clock() - t0)
+    return {"times": best, "outputs": out}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (tiny ops run best on one)")
+    p.add_argument("--tones", type=int, default=7, help="clip length in 1.5 s tones (7 -> 10.5 s)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default=None,
+                   help="cpu (process CPU time; default on CPU) or wall (default on GPU)")
+    p.add_argument("--device", default=None, help="run the model here (default: the preset's device)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    preset = get_preset(args.preset)
+    lm = load_preset_model(preset, args.checkpoint)
+    if args.device:
+        lm.model.to(args.device)
+    budget = preset.segments.max_new_tokens
+    queries = make_queries(args.batch, args.tones)
+    clip_s = len(queries[0].wav) / SAMPLE_RATE
+    tok = lm.tokenizer
+    clock_name = args.clock or ("wall" if lm.device.type == "cuda" else "cpu")
+    clock = CLOCKS[clock_name]
+    resume = InterleavedGenerator(lm, temperature=0, cache="resume", batch_size=1)
+    reprefill = InterleavedGenerator(lm, temperature=0, cache="reprefill")
+    resume.generate(queries[:1], forced_prefix=forced_answer(tok, 1, budget, clip_s))  # warm-up
+    figures: dict = {"preset": preset.name, "device": str(lm.device), "threads": args.threads, "clock": clock_name,
+                     "clip_seconds": clip_s, "generated_tokens_per_answer": budget, "relisten": {}}
+
+    print(f"# interleave_speed: preset {preset.name}, device {lm.device}, {args.threads} thread(s), "
+          f"{clip_s:.1f} s clips, {budget} generated tokens per answer, best of {args.repeats}, {clock_name} clock")
+    print()
+    print("| re-listens | cache resume s/answer | full re-prefill s/answer | speedup | same tokens |")
+    print("|---|---|---|---|---|")
+    for k in (0, 1, 2, 4, 8):
+        fp = forced_answer(tok, k, budget, clip_s)
+        r = best_of({"resume": lambda fp=fp: resume.generate(queries[:1], forced_prefix=fp)[0],
+                     "reprefill": lambda fp=fp: reprefill.generate(queries[:1], forced_prefix=fp)[0]}, args.repeats, clock)
+        a, b = r["outputs"]["resume"], r["outputs"]["reprefill"]
+        if a.n_relistens != k:
+            raise RuntimeError(f"expected {k} re-listens, the trace has {a.n_relistens}")
+        same = a.completion_ids == b.completion_ids
+        t_res, t_rep = r["times"]["resume"], r["times"]["reprefill"]
+        figures["relisten"][k] = {"resume_s": t_res, "reprefill_s": t_rep, "speedup": t_rep / t_res, "same": same}
+        print(f"| {k} | {t_res:.3f} | {t_rep:.3f} | {t_rep / t_res:.2f}x | {same} |")
+
+    print()
+    fps = [forced_answer(tok, i % 5, budget, clip_s) for i in range(args.batch)]
+    batched = InterleavedGenerator(lm, temperature=0, batch_size=args.batch)
+    r = best_of({"batched": lambda: batched.generate(queries, forced_prefix=fps),
+                 "one_by_one": lambda: resume.generate(queries, forced_prefix=fps)}, max(1, args.repeats - 1), clock)
+    t_b, t_1 = r["times"]["batched"], r["times"]["one_by_one"]
+    same = [t.completion_ids for t in r["outputs"]["batched"]] == [t.completion_ids for t in r["outputs"]["one_by_one"]]
+    figures["batched"] = {"n": args.batch, "batched_s": t_b, "one_by_one_s": t_1, "speedup": t_1 / t_b, "same": same}
+    print(f"| {args.batch} trajectories (0-4 re-listens each) | total s | s/answer |")
+    print("|---|---|---|")
+    print(f"| one by one | {t_1:.3f} | {t_1 / args.batch:.3f} |")
+    print(f"| batched | {t_b:.3f} | {t_b / args.batch:.3f} |")
+    print(f"batched_vs_one_by_one_speedup_at_{args.batch}: {t_1 / t_b:.2f} (same tokens: {same})")
+
+    print()
+    print(f"| at {budget} generated tokens | one-pass s/answer | interleaved s/answer | interleaved / one-pass |")
+    print("|---|---|---|---|")
+    one_pass = InterleavedGenerator(lm, temperature=0, mode="one_pass", batch_size=1)
+    figures["vs_one_pass"] = {}
+    for k in (2, 8):
+        fp = forced_answer(tok, k, budget, clip_s)
+        r = best_of({"one_pass": lambda fp=fp: one_pass.generate(queries[:1], forced_prefix=fp)[0],
+                     "interleaved": lambda fp=fp: resume.generate(queries[:1], forced_prefix=fp)[0]}, args.repeats,
+                    clock)
+        assert r["outputs"]["one_pass"].n_generated == r["outputs"]["interleaved"].n_generated == budget
+        t_o, t_i = r["times"]["one_pass"], r["times"]["interleaved"]
+        figures["vs_one_pass"][k] = {"one_pass_s": t_o, "interleaved_s": t_i, "ratio": t_i / t_o}
+        print(f"| {k} re-listens | {t_o:.3f} | {t_i:.3f} | {t_i / t_o:.2f}x |")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    print()
+    print(f"resume_vs_reprefill_speedup_at_8: {figures['relisten'][8]['speedup']:.2f}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
