@@ -7,7 +7,8 @@ Every answer generates exactly `max_new_tokens` text tokens (the preset's budget
 first part is forced (`forced_prefix`: k re-listen requests spread over the answer),
 the rest is the model's own greedy decoding, so every pause, clip and forward is real.
 Compared, each on the same answers:
-  1. cache resume vs full re-prefill (the authors' runtime) for 0, 1, 2, 4, 8 re-listens;
+  1. cache resume vs full re-prefill (the authors' runtime) for 0, 1, 2, 4, 8 re-listens,
+     per answer and per re-listen cost (the time above the same answer with none);
   2. 16 trajectories batched vs one by one (rows pause at different steps);
   3. interleaved vs one-pass at equal generated tokens.
 Each time is the best of `--repeats` runs, measured alternately. On CPU the clock is
@@ -43,16 +44,19 @@ def make_queries(n: int, n_tones: int) -> list[Query]:
     return out
 
 
+SPAN_S = 3.0  # the paper's mean re-listened span after RL (ECHO_METHOD.md section 6)
+
+
 def forced_answer(tok, k: int, budget: int, clip_s: float) -> str:
-    """A reasoning prefix with k valid re-listens (1-2 s spans) spread over ~80 % of the budget."""
+    """A reasoning prefix with k valid re-listens of SPAN_S seconds spread over ~80 % of the budget."""
     text = "<think>"
     if k == 0:
         return text
-    tag_tokens = len(tok.encode(f" listen {format_segment(1.0, 2.5)},", add_special_tokens=False))
+    tag_tokens = len(tok.encode(f" listen {format_segment(1.0, 4.0)},", add_special_tokens=False))
     gap = max(0, (int(0.8 * budget) - k * tag_tokens) // k)
     for j in range(k):
-        start = round((j * 1.3) % max(clip_s - 2.0, 1.0), 1)
-        text += " then" * gap + f" listen {format_segment(start, start + 1.0 + 0.1 * (j % 5))},"
+        start = round((j * 1.3) % max(clip_s - SPAN_S, 0.1), 1)
+        text += " then" * gap + f" listen {format_segment(start, min(clip_s, start + SPAN_S))},"
     return text
 
 
@@ -105,8 +109,9 @@ def main(argv=None) -> dict:
     print(f"# interleave_speed: preset {preset.name}, device {lm.device}, {args.threads} thread(s), "
           f"{clip_s:.1f} s clips, {budget} generated tokens per answer, best of {args.repeats}, {clock_name} clock")
     print()
-    print("| re-listens | cache resume s/answer | full re-prefill s/answer | speedup | same tokens |")
-    print("|---|---|---|---|---|")
+    print("| re-listens | cache resume s/answer | full re-prefill s/answer | speedup | re-listen cost: resume | "
+          "re-listen cost: re-prefill | cost ratio | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
     for k in (0, 1, 2, 4, 8):
         fp = forced_answer(tok, k, budget, clip_s)
         r = best_of({"resume": lambda fp=fp: resume.generate(queries[:1], forced_prefix=fp)[0],
@@ -117,7 +122,10 @@ def main(argv=None) -> dict:
         same = a.completion_ids == b.completion_ids
         t_res, t_rep = r["times"]["resume"], r["times"]["reprefill"]
         figures["relisten"][k] = {"resume_s": t_res, "reprefill_s": t_rep, "speedup": t_rep / t_res, "same": same}
-        print(f"| {k} | {t_res:.3f} | {t_rep:.3f} | {t_rep / t_res:.2f}x | {same} |")
+        base = figures["relisten"][0]  # the re-listen cost: time above the same answer without re-listens
+        c_res, c_rep = t_res - base["resume_s"], t_rep - base["reprefill_s"]
+        ratio = f"{c_rep / c_res:.1f}x" if k and c_res > 0 else "-"
+        print(f"| {k} | {t_res:.3f} | {t_rep:.3f} | {t_rep / t_res:.2f}x | {c_res:.3f} | {c_rep:.3f} | {ratio} | {same} |")
 
     print()
     fps = [forced_answer(tok, i % 5, budget, clip_s) for i in range(args.batch)]

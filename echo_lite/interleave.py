@@ -9,10 +9,11 @@ that resume must equal token for token (tested) and beat in time (benchmarks/).
 
 Many trajectories run at once: our own decode loop (model forward with a cache and HF
 logits processors) rather than `generate()`, because rows pause at different times and
-`generate()` cannot insert tokens and features into one row mid-run. Each step feeds
-one token to decoding rows and a chunk (last token + the inserted clip) to resuming
-rows, left-padding the shorter ones with masked positions; the KV cache is re-packed
-when those holes pile up and finished rows leave the batch.
+`generate()` cannot insert tokens and features into one row mid-run. A step either
+decodes one token for every row, or feeds the rows that are resuming their chunk (last
+token + the inserted clip; shorter chunks left-padded with masked positions) while the
+other rows wait that step. The KV cache is re-packed when the masked holes pile up and
+when finished rows leave the batch.
 
 Modes (the paper's controls): `one_pass` (plain CoT, `<seg>` banned), `tags_only`
 (tags written and judged, nothing inserted), `interleaved`, `random_segment` (a span of
@@ -437,8 +438,13 @@ class InterleavedGenerator(InterleaveRuntime):
             elif phase != "prefill":
                 phase = "resume" if any(r.pending_clips for r in active) else "decode"
             t0 = time.perf_counter()
-            ids, new, pos = self._step_inputs(active)
-            clips = [c for r in active for c in r.pending_clips]
+            # Rows with a chunk (a clip to insert) step alone while the decoding rows wait one
+            # step: padding every decoding row to the chunk's width would compute those pads.
+            chunky = [i for i, r in enumerate(active) if len(r.pending_ids) > 1]
+            sub = chunky if chunky and len(chunky) < len(active) else None
+            step_rows = active if sub is None else [active[i] for i in sub]
+            ids, new, pos = self._step_inputs(step_rows)
+            clips = [c for r in step_rows for c in r.pending_clips]
             audio = None
             if clips:
                 feats = self.featurizer(clips)
@@ -447,17 +453,29 @@ class InterleavedGenerator(InterleaveRuntime):
                 audio = encode_audio(th, feats)
                 t0 = time.perf_counter()
                 timings["encode_s"] += t0 - t1
-            ids, attn = ids.to(dev), torch.cat([attn, new.to(dev)], dim=1)
+            ids, new = ids.to(dev), new.to(dev)
+            if sub is None:
+                step_cache = cache
+                attn = step_attn = torch.cat([attn, new], dim=1)
+            else:
+                idx = torch.tensor(sub, device=dev)
+                step_cache = DynamicCache()
+                for li, layer in enumerate(cache.layers):
+                    step_cache.update(layer.keys[idx], layer.values[idx], li)
+                step_attn = torch.cat([attn[idx], new], dim=1)
             emb = embed_with_audio(th, ids, audio)
-            no_holes = attn.shape[1] == min(r.next_pos for r in active)  # every cache slot is a real token
-            hidden = th.model(inputs_embeds=emb, attention_mask=None if no_holes else attn,
+            no_holes = step_attn.shape[1] == min(r.next_pos for r in step_rows)  # every cache slot is a real token
+            hidden = th.model(inputs_embeds=emb, attention_mask=None if no_holes else step_attn,
                               position_ids=mrope_positions(pos.to(dev)),
-                              past_key_values=cache, use_cache=True, return_dict=True).last_hidden_state
+                              past_key_values=step_cache, use_cache=True, return_dict=True).last_hidden_state
+            if sub is not None:  # the waiting rows get holes where the chunk went in
+                attn = torch.cat([attn, new.new_zeros((len(active), new.shape[1])).index_copy(0, idx, new)], dim=1)
+                merge_rows(cache, step_cache, idx, len(active), new.shape[1])
             logits = th.lm_head(hidden[:, -1]).float()
-            toks, lps = self._choose(logits, active)
+            toks, lps = self._choose(logits, step_rows)
             t1 = time.perf_counter()
             timings[f"{phase}_s"] += t1 - t0
-            for r, tk, lp in zip(active, toks, lps, strict=True):
+            for r, tk, lp in zip(step_rows, toks, lps, strict=True):
                 r.pending_clips = []
                 self._accept(r, tk, lp)
             keep = [i for i, r in enumerate(active) if r.finish is None]
@@ -486,6 +504,16 @@ def random_span(dur: float, span: tuple[float, float], rng: np.random.Generator)
     lo, hi = free[int(pick)]
     start = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
     return (start, min(dur, start + length))
+
+
+def merge_rows(cache, step_cache, idx: torch.Tensor, n_rows: int, width: int) -> None:
+    """Append the last `width` slots of a sub-batch cache (rows `idx`) to the full cache;
+    the other rows get zeros there (masked holes)."""
+    for layer, sl in zip(cache.layers, step_cache.layers, strict=True):
+        for name in ("keys", "values"):
+            full, part = getattr(layer, name), getattr(sl, name)[:, :, -width:]
+            pad = full.new_zeros((n_rows, full.shape[1], width, full.shape[3])).index_copy(0, idx, part)
+            setattr(layer, name, torch.cat([full, pad], dim=2))
 
 
 def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:
