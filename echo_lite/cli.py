@@ -10,15 +10,16 @@ from echo_lite.config import PRESETS, RUNTIME_MODES
 
 
 def _cmd_demo(args) -> int:
-    from echo_lite.demo import print_table, run_demo
+    from echo_lite.config import get_preset
+    from echo_lite.pipeline import format_table, run_demo_pipeline
 
-    result = run_demo(args.preset, seed=args.seed)
-    print_table(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0 if result["logits_finite"] and result["audio_placeholders"] == (
-        result["audio_tokens_full"] + result["audio_tokens_reinserted"]) else 1
+    sizes = {k: v for k, v in (("n_items", args.n_items), ("sft_epochs", args.sft_epochs),
+                               ("grpo_steps", args.grpo_steps), ("eval_items", args.eval_items)) if v is not None}
+    preset = get_preset(args.preset).with_overrides(demo={**sizes, "seed": args.seed})
+    rows = run_demo_pipeline(preset, args.run_dir)
+    print()
+    print(format_table(rows))
+    return 0
 
 
 def _cmd_info(args) -> int:
@@ -128,10 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="echo-lite", description="Audio-interleaved reasoning, reproduced small.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="the main job on a preset, ending in its results table")
+    d = sub.add_parser("demo", help="the main job: synth -> SFT -> GRPO -> eval, ending in the ablation table")
     d.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--json", help="also write the results to this JSON file")
+    d.add_argument("--run-dir", default="runs/demo-tiny", help="where every stage writes (a re-run resumes)")
+    d.add_argument("--n-items", type=int, help="override the preset's demo sizes (for a quick check)")
+    d.add_argument("--sft-epochs", type=float)
+    d.add_argument("--grpo-steps", type=int)
+    d.add_argument("--eval-items", type=int)
     d.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("info", help="parameter counts and vocabulary of a preset's model")

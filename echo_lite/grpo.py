@@ -12,6 +12,7 @@ runtime-inserted audio tokens are masked out of the loss, the KL and the denomin
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -155,7 +156,9 @@ def _last_checkpoint(out_dir: Path) -> Path | None:
 
 def run_grpo(lm: LoadedModel, items: list[RLItem], out_dir: str | Path, preset: str | Preset | None = None,
              resume: bool = True, progress: bool = True, **overrides) -> tuple[LoadedModel, list[dict]]:
-    """Train `lm` (a LoRA adapter is added if it has none) with GRPO on `items`.
+    """Train `lm` with GRPO on `items`: a LoRA adapter (added if it has none; the reference is the
+    model with adapters disabled) or, when the preset fine-tunes fully, all language-model weights
+    (the reference is a frozen copy of the starting model).
 
     Resumable: an interrupted run given the same arguments continues from its last checkpoint
     (adapter, optimizer, RNG, log). Returns the trained model and the per-step log.
@@ -173,15 +176,27 @@ def run_grpo(lm: LoadedModel, items: list[RLItem], out_dir: str | Path, preset: 
     torch.manual_seed(cfg.seed)
 
     model = lm.model
-    if not isinstance(model, PeftModel):
-        freeze_audio_tower(model)
+    use_lora = preset.sft.use_lora or isinstance(model, PeftModel)
+    freeze_audio_tower(model)
+    for name, p in model.named_parameters():  # echo_lite never trains the vision tower
+        if "visual" in name:
+            p.requires_grad_(False)
+    reference = None
+    if use_lora and not isinstance(model, PeftModel):
         model = apply_lora(model, preset.sft)
+    elif not use_lora and cfg.beta > 0:
+        # full fine-tuning (the tiny preset): the reference is a frozen copy of the starting policy
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
     last = _last_checkpoint(out_dir) if resume else None
     if last is not None:
-        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(model, load_file(str(last / "adapter_model.safetensors")))
+        if use_lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_file(str(last / "adapter_model.safetensors")))
+        else:
+            model.load_state_dict(load_file(str(last / "model.safetensors")), strict=False)
     lm.model = model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -215,8 +230,12 @@ def run_grpo(lm: LoadedModel, items: list[RLItem], out_dir: str | Path, preset: 
         old = old.masked_fill(~policy.sampled_mask, 0.0)
         ref = None
         if cfg.beta > 0:
-            with torch.no_grad(), accelerator.unwrap_model(model).disable_adapter():
-                ref = trace_logprobs(model, traces).logprobs
+            with torch.no_grad():
+                if reference is not None:
+                    ref = trace_logprobs(reference, traces).logprobs
+                else:
+                    with accelerator.unwrap_model(model).disable_adapter():
+                        ref = trace_logprobs(model, traces).logprobs
         loss, loss_stats = grpo_loss(policy, old, ref, advantages, cfg.clip_eps, cfg.beta, cfg.mask_inserted_audio)
         optimizer.zero_grad()
         accelerator.backward(loss)

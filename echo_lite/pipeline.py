@@ -43,11 +43,11 @@ def run_data(run_dir: Path, preset: Preset) -> Path:
     return data
 
 
-def run_sft_stage(run_dir: Path, data: Path, preset: Preset) -> Path:
+def run_sft_stage(run_dir: Path, data: Path, preset: Preset, steps: int | None = None) -> Path:
     final = run_dir / "sft" / "final"
-    if not (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists():
+    if not _is_model_dir(final):
         items = sft_items(data / "sft")
-        steps = int(preset.demo.sft_epochs * steps_per_epoch(len(items), preset))
+        steps = steps or int(preset.demo.sft_epochs * steps_per_epoch(len(items), preset))
         _stage(f"sft: {len(items)} items, {steps} steps")
         run_sft(items, data / "sft", run_dir / "sft", preset, max_steps=steps, disable_tqdm=True, logging_steps=10)
     return final
@@ -56,7 +56,7 @@ def run_sft_stage(run_dir: Path, data: Path, preset: Preset) -> Path:
 def run_grpo_stage(run_dir: Path, name: str, data: Path, preset: Preset, init: Path | None) -> Path:
     out = run_dir / name
     final = out / "final"
-    if not (final / "adapter_config.json").exists():
+    if not _is_model_dir(final):
         _stage(f"grpo ({name}): {preset.demo.grpo_steps} steps")
         lm = load_sft_model(init, preset) if init else load_preset_model(preset)
         lm.preset = preset
@@ -64,10 +64,17 @@ def run_grpo_stage(run_dir: Path, name: str, data: Path, preset: Preset, init: P
     return final
 
 
-def _load_grpo(final: Path, preset: Preset, init: Path | None):
-    """A GRPO result: its LoRA merged into the model it started from."""
+def _is_model_dir(path: Path) -> bool:
+    """A finished stage: a LoRA adapter or a full model was saved there."""
+    return (path / "adapter_config.json").exists() or (path / "model.safetensors").exists()
+
+
+def load_grpo_model(final: Path, preset: Preset, init: Path | None):
+    """A GRPO result: a full model, or its LoRA merged into the model it started from."""
     from peft import PeftModel
 
+    if not (final / "adapter_config.json").exists():
+        return load_preset_model(preset, final)
     lm = load_sft_model(init, preset) if init else load_preset_model(preset)
     lm.model = PeftModel.from_pretrained(lm.model, str(final)).merge_and_unload().eval()
     return lm
@@ -89,9 +96,9 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
     models = {
         "base": lambda: load_preset_model(preset),
         "sft": lambda: load_sft_model(sft, preset),
-        "grpo": lambda: _load_grpo(grpo, preset, sft),
-        "grpo_no_sft": lambda: _load_grpo(grpo_no_sft, preset, None),
-        "grpo_no_seg": lambda: _load_grpo(grpo_no_seg, preset, sft),
+        "grpo": lambda: load_grpo_model(grpo, preset, sft),
+        "grpo_no_sft": lambda: load_grpo_model(grpo_no_sft, preset, None),
+        "grpo_no_seg": lambda: load_grpo_model(grpo_no_seg, preset, sft),
     }
     plan = [
         ("base one-pass CoT", "base", "one_pass"),

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
+from echo_lite.config import get_preset
 from echo_lite.sft import run_sft
 
 work = Path(sys.argv[1])
@@ -23,7 +24,7 @@ class CaptureWeights(TrainerCallback):
         weights["world_size"] = torch.tensor([args.world_size])
 
 
-run_sft(items, work / "data", work / "run", "tiny", callbacks=[CaptureWeights()], max_steps=3,
+run_sft(items, work / "data", work / "run", get_preset("tiny").with_overrides(sft={"use_lora": True}), callbacks=[CaptureWeights()], max_steps=3,
         per_device_train_batch_size=2, logging_steps=1, save_steps=100, disable_tqdm=True, learning_rate=3e-3,
         warmup_steps=0)
 rank = int(os.environ.get("RANK", "0"))  # set by the launcher for every process

@@ -19,10 +19,15 @@ def test_unknown_preset_is_refused():
     assert out.returncode != 0 and "invalid choice: 'omni-70b'" in out.stderr
 
 
-def test_demo_runs_an_interleaved_ready_forward(tmp_path):
-    out = _run("demo", "--preset", "tiny", "--json", str(tmp_path / "r.json"))
-    assert out.returncode == 0, out.stderr
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert result["logits_finite"]
-    assert result["audio_placeholders"] == result["audio_tokens_full"] + result["audio_tokens_reinserted"]
-    assert result["audio_tokens_reinserted"] == 25  # a 1 s span at 25 tokens/s
+def test_demo_runs_the_whole_pipeline_small(tmp_path):
+    """The main job end to end at toy sizes: every stage runs and the ablation table is written."""
+    out = _run("demo", "--preset", "tiny", "--run-dir", str(tmp_path / "demo"), "--n-items", "40",
+               "--sft-epochs", "0.2", "--grpo-steps", "1", "--eval-items", "4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [r["name"] for r in rows] == ["base one-pass CoT", "SFT tags_only", "SFT interleaved",
+                                         "SFT+GRPO interleaved (Echo)", "GRPO without SFT",
+                                         "GRPO without segment reward", "final random_segment", "final oracle_segment"]
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["seconds_per_answer"] > 0
+    assert "SFT+GRPO interleaved (Echo)" in out.stdout  # the printed table

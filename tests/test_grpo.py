@@ -77,8 +77,9 @@ def test_policy_text_drops_inserted_audio(forced_traces):
     assert "<|AUDIO|>" not in text and "<|audio_bos|>" not in text
 
 
-def _adapter(path):
-    return load_file(str(path / "adapter_model.safetensors"))
+def _weights(path):
+    name = "adapter_model.safetensors" if (path / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(str(path / name))
 
 
 def test_short_run_logs_and_resumes_exactly(tmp_path):
@@ -89,12 +90,12 @@ def test_short_run_logs_and_resumes_exactly(tmp_path):
     for key in ("reward", "reward_format", "reward_consistency", "reward_accuracy", "reward_segment", "kl",
                 "clip_fraction", "segments_per_answer", "segment_seconds", "loss"):
         assert key in log[-1] and np.isfinite(log[-1][key]), key
-    assert (tmp_path / "a" / "checkpoint-2" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "a" / "checkpoint-2" / "model.safetensors").exists()  # tiny: full fine-tuning
     # an interrupted run: one step, then the same call again continues from checkpoint-1
     run_grpo(load_preset_model("tiny"), items, tmp_path / "b", **{**kw, "steps": 1})
     assert (tmp_path / "b" / "checkpoint-1").exists()
     _, log_b = run_grpo(load_preset_model("tiny"), items, tmp_path / "b", **kw)
     assert [r["reward"] for r in log_b] == [r["reward"] for r in log]
-    a, b = _adapter(tmp_path / "a" / "final"), _adapter(tmp_path / "b" / "final")
+    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k

@@ -12,6 +12,7 @@ from echo_lite.model import load_tokenizer
 from echo_lite.sft import IGNORE_INDEX, AudioSFTCollator, SFTDataError, encode_example, merge_adapter, run_sft
 
 PITCHES = {"low tone": 300.0, "high tone": 1200.0}
+LORA = get_preset("tiny").with_overrides(sft={"use_lora": True})  # the 3B/7B default; tiny fine-tunes fully
 
 
 def _make_items(root, n=8, seed=0):
@@ -84,7 +85,7 @@ def test_lora_sft_learns_resumes_exactly_and_merges(sft_data, tmp_path):
     root, items = sft_data
     common = dict(max_steps=6, save_steps=3, logging_steps=1, per_device_train_batch_size=4, learning_rate=3e-3,
                   warmup_steps=0, disable_tqdm=True)
-    full = run_sft(items, root, tmp_path / "a", "tiny", **common)
+    full = run_sft(items, root, tmp_path / "a", LORA, **common)
     assert (full / "adapter_config.json").exists() and (full / "adapter_model.safetensors").exists()
     log = __import__("json").loads((full / "sft_log.json").read_text())["log"]
     assert log[-1]["loss"] < log[0]["loss"]
@@ -97,21 +98,35 @@ def test_lora_sft_learns_resumes_exactly_and_merges(sft_data, tmp_path):
             if state.global_step == 3:
                 control.should_training_stop = True
 
-    run_sft(items, root, tmp_path / "b", "tiny", callbacks=[StopAt3()], **common)
+    run_sft(items, root, tmp_path / "b", LORA, callbacks=[StopAt3()], **common)
     assert (tmp_path / "b" / "checkpoint-3").exists()
-    resumed = run_sft(items, root, tmp_path / "b", "tiny", **common)
+    resumed = run_sft(items, root, tmp_path / "b", LORA, **common)
     a, b = _weights(full), _weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
-    merged = merge_adapter(full, tmp_path / "merged", "tiny")
+    merged = merge_adapter(full, tmp_path / "merged", LORA)
     assert (merged / "model.safetensors").exists()
     from echo_lite.sft import load_sft_model
 
-    m1 = load_sft_model(full).model
-    m2 = load_sft_model(merged).model
+    m1 = load_sft_model(full, LORA).model
+    m2 = load_sft_model(merged, LORA).model
     for (n1, p1), (n2, p2) in zip(m1.named_parameters(), m2.named_parameters()):
         assert n1 == n2 and torch.allclose(p1, p2, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="not a PEFT adapter"):
         merge_adapter(tmp_path, tmp_path / "x")
+
+
+def test_full_fine_tuning_trains_the_language_model_only(sft_data, tmp_path):
+    """The tiny preset's default: every language-model weight, the audio tower frozen."""
+    from echo_lite.model import load_preset_model
+
+    root, items = sft_data
+    before = dict(load_preset_model("tiny").model.named_parameters())
+    final = run_sft(items, root, tmp_path / "full", "tiny", max_steps=2, per_device_train_batch_size=4,
+                    disable_tqdm=True, warmup_steps=0)
+    after = load_file(str(final / "model.safetensors"))
+    changed = {k for k, v in after.items() if k in before and not torch.equal(v, before[k].detach())}
+    assert any("layers" in k for k in changed)
+    assert not any("audio_tower" in k or "visual" in k for k in changed)
