@@ -258,7 +258,7 @@ PRESETS: dict[str, Preset] = {
         # 160 steps, while full fine-tuning reached 2.27 after 80 and 0.78 after 200 (measured).
         sft=SFTSpec(use_lora=False, learning_rate=1e-3, full_ft_learning_rate=1e-3, lora_r=16, lora_alpha=32,
                     per_device_batch_size=8),
-        grpo=GRPOSpec(learning_rate=2e-5, prompts_per_step=4, num_generations=8),
+        grpo=GRPOSpec(learning_rate=5e-5, prompts_per_step=4, num_generations=8),
         demo=DemoSpec(n_items=1200, sft_epochs=4.5, grpo_steps=20, eval_items=96),
     ),
     "omni-3b": Preset(

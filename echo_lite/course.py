@@ -1,9 +1,9 @@
-"""Cached helpers for the notebooks: each notebook runs on its own, building what it needs
-the first time (data, SFT, GRPO on the tiny preset) and reusing it afterwards.
+"""Cached helpers for the notebooks: each notebook runs on its own and fast.
 
-They call the same stage functions as the main job (`pipeline.py`), in `cache/course/`,
-with the course's sizes (`CourseSpec`: small enough that a notebook builds its inputs within
-its CI budget on 2 CPU cores). Delete `cache/` to rebuild from scratch.
+The tiny models after each stage ship under `data/` (`tiny_base`, `tiny_sft`, `tiny_grpo`),
+made by the main job (`echo-lite demo`, see `data/*/MADE_BY.md`); a notebook loads them.
+When one is missing (a fresh experiment, a changed preset) it is rebuilt into `cache/course/`
+with the same stage functions as the main job, at the course's smaller sizes.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_lite.config import REPO_ROOT, get_preset
+from echo_lite.config import DATA_DIR, REPO_ROOT, get_preset
 from echo_lite.model import LoadedModel, load_preset_model
 
 CACHE_DIR = REPO_ROOT / "cache" / "course"
+SHIPPED = {"sft": DATA_DIR / "tiny_sft", "grpo": DATA_DIR / "tiny_grpo"}
 
 
 @dataclass(frozen=True)
 class CourseSpec:
-    n_items: int = 600  # items drafted by synth for the notebooks
-    sft_steps: int = 120
-    grpo_steps: int = 12
+    n_items: int = 600  # items drafted by synth for the notebooks (~20 s)
+    sft_steps: int = 300  # only when data/tiny_sft is missing
+    grpo_steps: int = 12  # only when data/tiny_grpo is missing
     eval_items: int = 48
 
 
@@ -40,18 +41,24 @@ def course_data(spec: CourseSpec = COURSE) -> Path:
     return run_data(CACHE_DIR, course_preset(spec))
 
 
+def _shipped(stage: str) -> Path | None:
+    path = SHIPPED[stage]
+    return path if (path / "model.safetensors").exists() or (path / "adapter_config.json").exists() else None
+
+
 def course_sft(spec: CourseSpec = COURSE) -> Path:
-    """The LoRA adapter of the course's SFT run (trained on first use)."""
+    """The SFT model: shipped, or trained into the cache on first use."""
     from echo_lite.pipeline import run_sft_stage
 
-    return run_sft_stage(CACHE_DIR, course_data(spec), course_preset(spec), steps=spec.sft_steps)
+    return _shipped("sft") or run_sft_stage(CACHE_DIR, course_data(spec), course_preset(spec), steps=spec.sft_steps)
 
 
 def course_grpo(spec: CourseSpec = COURSE) -> Path:
-    """The LoRA adapter of the course's GRPO run from the SFT model (trained on first use)."""
+    """The SFT+GRPO model: shipped, or trained into the cache on first use."""
     from echo_lite.pipeline import run_grpo_stage
 
-    return run_grpo_stage(CACHE_DIR, "grpo", course_data(spec), course_preset(spec), course_sft(spec))
+    return _shipped("grpo") or run_grpo_stage(CACHE_DIR, "grpo", course_data(spec), course_preset(spec),
+                                              course_sft(spec))
 
 
 def course_model(stage: str = "sft", spec: CourseSpec = COURSE) -> LoadedModel:

@@ -199,6 +199,7 @@ def run_sft(items: list[dict], data_root: str | Path, out_dir: str | Path, prese
     final = out_dir / "final"
     if trainer.is_world_process_zero():
         trainer.save_model(str(final))
+        (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's settings are in sft_log.json
         lm.tokenizer.save_pretrained(str(final))
         history = [h for h in trainer.state.log_history if "loss" in h]
         (final / "sft_log.json").write_text(json.dumps({"preset": preset.name, "use_lora": preset.sft.use_lora,
