@@ -8,6 +8,17 @@ import pytest
 from echo_lite.config import SAMPLE_RATE, get_preset
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny-model ops are far faster on one thread than fighting for two shared cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from echo_lite.model import load_tokenizer

@@ -44,13 +44,6 @@ def _tags(k: int, offset: float = 0.0) -> str:
         f" listen {format_segment(offset + 1.1 * j, offset + 1.1 * j + 0.6 + 0.1 * j)}, high" for j in range(k))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny-model ops are far faster on one thread than fighting for two shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

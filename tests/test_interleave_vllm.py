@@ -17,15 +17,6 @@ from echo_lite.interleave_vllm import collapse_audio_pads, export_omni_checkpoin
 from echo_lite.model import load_thinker
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny-model ops are far faster on one thread than fighting for two shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_collapse_audio_pads():
     assert collapse_audio_pads([1, 7, 9, 9, 9, 8, 2, 7, 9, 8], audio_pad_id=9) == [1, 7, 9, 8, 2, 7, 9, 8]
     assert collapse_audio_pads([], audio_pad_id=9) == []
