@@ -49,6 +49,30 @@ def _cmd_synth(args) -> int:
     return 0 if all(stats["items"][s] > 0 for s in ("sft", "rl", "eval")) else 1
 
 
+def _cmd_pretrain(args) -> int:
+    from echo_lite.config import get_preset
+    from echo_lite.pretrain import pretrain
+
+    preset = get_preset(args.preset)
+    if args.steps is not None:
+        preset = preset.with_overrides(pretrain={"steps": args.steps})
+    report = pretrain(preset, seed=args.seed, out=args.out, resume=not args.no_resume)
+    print(json.dumps({k: report.get(k) for k in ("train_seconds", "eval_seconds", "checkpoint_mb", "probes",
+                                                  "fine_detail")}, indent=2))
+    return 0
+
+
+def _cmd_probe(args) -> int:
+    from echo_lite.pretrain import evaluate_base, format_evaluation
+
+    result = evaluate_base(args.preset, checkpoint=args.checkpoint, n=args.n)
+    print(format_evaluation(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="echo-lite", description="Audio-interleaved reasoning, reproduced small.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -76,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--judge", action="store_true", help="also re-judge every item with the LLM (QA / CoT valid)")
     s.add_argument("--workers", type=int, default=4, help="concurrent LLM requests")
     s.set_defaults(func=_cmd_synth)
+
+    pt = sub.add_parser("pretrain", help="train the tiny thinker from scratch on the synthetic world (data/tiny_base)")
+    pt.add_argument("--preset", default="tiny", choices=["tiny"])
+    pt.add_argument("--seed", type=int, default=None, help="default: the preset's")
+    pt.add_argument("--out", default=None, help="output directory (default data/tiny_base); a re-run resumes it")
+    pt.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    pt.add_argument("--no-resume", action="store_true", help="start over even if a saved training state exists")
+    pt.set_defaults(func=_cmd_pretrain)
+
+    pr = sub.add_parser("probe", help="held-out perception probes and one-pass vs oracle-segment accuracy")
+    pr.add_argument("--preset", default="tiny", choices=["tiny"])
+    pr.add_argument("--checkpoint", default=None, help="a model directory (default: the shipped tiny base)")
+    pr.add_argument("--n", type=int, default=None, help="items per probe (default: the preset's)")
+    pr.add_argument("--json", help="also write the results to this JSON file")
+    pr.set_defaults(func=_cmd_probe)
 
     t = sub.add_parser("build-tokenizer", help="rebuild the tiny tokenizer (data/tiny_tokenizer)")
     t.add_argument("--out", default=None)
