@@ -43,7 +43,9 @@ def _cmd_synth(args) -> int:
     from echo_lite.data.synth import run
 
     stats = run(args.out, args.preset, n=args.n, seed=args.seed, teacher=args.teacher, llm_url=args.llm_url,
-                llm_model=args.llm_model, llm_key_env=args.llm_key_env, judge=args.judge, workers=args.workers)
+                llm_model=args.llm_model, llm_key_env=args.llm_key_env, judge=args.judge, workers=args.workers,
+                audioset_tsv=args.audioset_tsv, label_map=args.label_map, musicbench_json=args.musicbench_json,
+                audio_root=args.audio_root)
     print(json.dumps({k: stats[k] for k in ("items", "qtypes_drafted", "drop_reasons", "clip_seconds_histogram")},
                      indent=2))
     return 0 if all(stats["items"][s] > 0 for s in ("sft", "rl", "eval")) else 1
@@ -73,6 +75,68 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+def _cmd_sft(args) -> int:
+    from echo_lite.config import get_preset
+    from echo_lite.sft import run_sft, sft_items
+
+    preset = get_preset(args.preset).with_overrides(sft={"use_lora": not args.full,
+                                                         "insert_cited_clips": args.insert_clips})
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("num_train_epochs", args.epochs)) if v is not None}
+    split = f"{args.data}/sft"
+    final = run_sft(sft_items(split), split, args.out, preset, base=args.base, **overrides)
+    print(f"wrote the fine-tuned model to {final}")
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from echo_lite.sft import merge_adapter
+
+    print(f"wrote the merged model to {merge_adapter(args.adapter, args.out, args.preset, args.base)}")
+    return 0
+
+
+def _load(preset, checkpoint):
+    """The model to start from: a checkpoint (adapter or merged directory) or the preset's base."""
+    from echo_lite.model import load_preset_model
+    from echo_lite.sft import load_sft_model
+
+    return load_sft_model(checkpoint, preset) if checkpoint else load_preset_model(preset)
+
+
+def _cmd_grpo(args) -> int:
+    from echo_lite.config import get_preset
+    from echo_lite.grpo import rl_items, run_grpo
+
+    preset = get_preset(args.preset)
+    if args.no_segment_reward:
+        preset = preset.with_overrides(rewards={"segment_bonus": 0.0})
+    lm = _load(preset, args.init)
+    lm.preset = preset
+    overrides = {"steps": args.steps} if args.steps else {}
+    _, log = run_grpo(lm, rl_items(f"{args.data}/rl"), args.out, preset, **overrides)
+    print(json.dumps(log[-1], indent=1))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from echo_lite.evaluate import evaluate_benchmark, evaluate_split
+
+    lm = _load(args.preset, args.checkpoint)
+    if args.bench == "synthetic":
+        split = Path(args.data) if Path(args.data).name == "eval" else Path(args.data) / "eval"
+        res = evaluate_split(lm, split, mode=args.mode, limit=args.limit)
+        res.save(args.out, f"synthetic_{args.mode}")
+        metrics = res.metrics
+    else:
+        suffix = ".jsonl" if args.bench == "mmar" else ".json"
+        pred = Path(args.out) / f"{args.bench}_{args.mode}_predictions{suffix}"
+        metrics = evaluate_benchmark(lm, args.bench, args.data, pred, args.mode, limit=args.limit)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="echo-lite", description="Audio-interleaved reasoning, reproduced small.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--llm-key-env", help="environment variable holding the API key (never on the command line)")
     s.add_argument("--judge", action="store_true", help="also re-judge every item with the LLM (QA / CoT valid)")
     s.add_argument("--workers", type=int, default=4, help="concurrent LLM requests")
+    s.add_argument("--audioset-tsv", help="real clips instead of the synthetic world: AudioSet-Strong TSV")
+    s.add_argument("--label-map", help="AudioSet label map (mid_to_display_name.tsv)")
+    s.add_argument("--musicbench-json", help="real clips: MusicBench JSON (lines or array)")
+    s.add_argument("--audio-root", help="directory holding the real clips (<segment_id>.wav|flac / MusicBench location)")
     s.set_defaults(func=_cmd_synth)
 
     pt = sub.add_parser("pretrain", help="train the tiny thinker from scratch on the synthetic world (data/tiny_base)")
@@ -116,6 +184,44 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", help="also write the results to this JSON file")
     pr.set_defaults(func=_cmd_probe)
 
+    f = sub.add_parser("sft", help="stage 1: fine-tune on DIR/sft (LoRA by default) so the model cites spans")
+    f.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    f.add_argument("--data", required=True, help="the synth output directory (reads DATA/sft)")
+    f.add_argument("--out", required=True, help="run directory (checkpoints; a re-run resumes)")
+    f.add_argument("--base", help="start from this checkpoint instead of the preset's base")
+    f.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    f.add_argument("--insert-clips", action="store_true", help="insert each cited clip after its </seg> (masked)")
+    f.add_argument("--max-steps", type=int)
+    f.add_argument("--epochs", type=float)
+    f.set_defaults(func=_cmd_sft)
+
+    m = sub.add_parser("merge", help="merge a LoRA adapter into its base (safetensors)")
+    m.add_argument("--adapter", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    m.add_argument("--base", help="the base the adapter was trained on (default: the preset's)")
+    m.set_defaults(func=_cmd_merge)
+
+    g = sub.add_parser("grpo", help="stage 2: GRPO with segment rewards over interleaved rollouts on DIR/rl")
+    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    g.add_argument("--data", required=True, help="the synth output directory (reads DATA/rl)")
+    g.add_argument("--init", help="the SFT model (adapter or merged directory); default: the preset's base")
+    g.add_argument("--out", required=True, help="run directory (checkpoints; a re-run resumes)")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--no-segment-reward", action="store_true", help="ablation: no segment bonus")
+    g.set_defaults(func=_cmd_grpo)
+
+    e = sub.add_parser("eval", help="evaluate a model: the synthetic benchmark, MMAU or MMAR")
+    e.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    e.add_argument("--checkpoint", help="model directory (adapter or merged); default: the preset's base")
+    e.add_argument("--bench", default="synthetic", choices=["synthetic", "mmau", "mmar"])
+    e.add_argument("--data", required=True, help="synth dir (or its eval split), or the local MMAU/MMAR copy")
+    e.add_argument("--mode", default="interleaved",
+                   choices=["one_pass", "tags_only", "interleaved", "random_segment", "oracle_segment"])
+    e.add_argument("--out", required=True)
+    e.add_argument("--limit", type=int)
+    e.set_defaults(func=_cmd_eval)
+
     t = sub.add_parser("build-tokenizer", help="rebuild the tiny tokenizer (data/tiny_tokenizer)")
     t.add_argument("--out", default=None)
     t.set_defaults(func=_cmd_build_tokenizer)
@@ -124,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError) as err:
+        if not type(err).__module__.startswith("echo_lite"):
+            raise  # not one of ours: a bug, keep the traceback
+        print(f"echo-lite {args.command}: error: {err}", file=sys.stderr)  # bad input: one clear line
+        return 2
 
 
 if __name__ == "__main__":

@@ -40,6 +40,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 
 
+# The real thinkers' architectures (from the public Qwen2.5-Omni-3B / -7B configs), used to
+# build full-size models with random weights for GPU smoke tests and memory tables: no
+# download needed. Audio and vision encoders are the same size in both.
+FULL_SIZE_ARCH = {
+    "omni-3b": dict(text_hidden=2048, text_ffn=11008, text_layers=36, text_heads=16, text_kv_heads=2,
+                    vocab=151936, mrope_section=(16, 24, 24)),
+    "omni-7b": dict(text_hidden=3584, text_ffn=18944, text_layers=28, text_heads=28, text_kv_heads=4,
+                    vocab=152064, mrope_section=(16, 24, 24)),
+}
+FULL_SIZE_AUDIO = dict(audio_d_model=1280, audio_layers=32, audio_heads=20, audio_ffn=5120, n_mels=128)
+FULL_SIZE_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                        fullatt_block_indexes=[7, 15, 23, 31], patch_size=14, spatial_merge_size=2,
+                        temporal_patch_size=2)
+
+
 # --------------------------------------------------------------------------------------
 # Preset sections.
 # --------------------------------------------------------------------------------------
@@ -86,6 +101,17 @@ class SamplingSpec:
     eval_temperature: float = 0.7
     rollout_temperature: float = 1.0
     top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How the interleaved runtime runs (interleave.py); the method's limits are in SegmentLimits."""
+
+    backend: str = "transformers"  # "transformers" (any device) or "vllm" (GPU presets)
+    batch_size: int = 16  # trajectories decoded together
+    compact_after_holes: int = 32  # re-pack the KV cache once this many columns are padding for every row
+    vllm_gpu_memory_utilization: float = 0.5
+    vllm_max_model_len: int = 8192
 
 
 @dataclass(frozen=True)
@@ -218,16 +244,30 @@ class PretrainSpec:
 
 
 @dataclass(frozen=True)
+class DemoSpec:
+    """The main job (`echo-lite demo`): sizes of each stage, so the whole tiny pipeline fits its
+    30-minute budget on 2 CPU cores and gives the same numbers on every run."""
+
+    n_items: int = 1200  # items drafted by synth (before routing to sft / rl / eval)
+    sft_epochs: float = 2.0
+    grpo_steps: int = 24
+    eval_items: int = 96  # held-out items answered per row of the ablation table
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     model: ModelSpec
     segments: SegmentLimits = field(default_factory=SegmentLimits)
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     rewards: RewardSpec = field(default_factory=RewardSpec)
     sft: SFTSpec = field(default_factory=SFTSpec)
     grpo: GRPOSpec = field(default_factory=GRPOSpec)
     data: DataSpec = field(default_factory=DataSpec)
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    demo: DemoSpec = field(default_factory=DemoSpec)
     device: str = "cpu"
 
     def with_overrides(self, **sections: dict) -> "Preset":
@@ -264,6 +304,7 @@ PRESETS: dict[str, Preset] = {
         sft=SFTSpec(bf16=True, gradient_checkpointing=True, per_device_batch_size=2,
                     gradient_accumulation_steps=8),
         grpo=GRPOSpec(prompts_per_step=8, use_vllm=True),
+        runtime=RuntimeSpec(backend="vllm", batch_size=64),
         device="cuda",
     ),
     "omni-7b": Preset(
@@ -272,6 +313,7 @@ PRESETS: dict[str, Preset] = {
         sft=SFTSpec(bf16=True, gradient_checkpointing=True, per_device_batch_size=1,
                     gradient_accumulation_steps=16),
         grpo=GRPOSpec(prompts_per_step=64, use_vllm=True),
+        runtime=RuntimeSpec(backend="vllm", batch_size=64),
         device="cuda",
     ),
 }

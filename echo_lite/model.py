@@ -19,6 +19,9 @@ from echo_lite.config import (
     AUDIO_EOS,
     AUDIO_PAD,
     DATA_DIR,
+    FULL_SIZE_ARCH,
+    FULL_SIZE_AUDIO,
+    FULL_SIZE_VISION,
     IMAGE_PAD,
     PLACEHOLDER_TOKENS,
     VIDEO_PAD,
@@ -58,8 +61,9 @@ def load_tokenizer(source: str | Path):
     return tok
 
 
-def tiny_thinker_config(tokenizer, spec: ModelSpec):
-    """A Qwen2.5-Omni thinker config of ~1M parameters whose special ids are the tokenizer's."""
+def tiny_thinker_config(tokenizer, spec: ModelSpec, vocab_size: int | None = None, vision: dict | None = None):
+    """A Qwen2.5-Omni thinker config from a ModelSpec (tiny, or full-size for smoke tests) whose
+    special ids are the tokenizer's. The vision tower is minimal unless `vision` is given."""
     from transformers import Qwen2_5OmniThinkerConfig
 
     head_dim = spec.text_hidden // spec.text_heads
@@ -74,14 +78,15 @@ def tiny_thinker_config(tokenizer, spec: ModelSpec):
             n_window=spec.audio_n_window, max_source_positions=1500,
         ),
         # The vision tower is never used by echo_lite; it is kept as small as it builds.
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=spec.text_hidden,
-                           fullatt_block_indexes=[0], patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        vision_config={**(vision or dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2,
+                                         fullatt_block_indexes=[0], patch_size=14, spatial_merge_size=2,
+                                         temporal_patch_size=2)), "out_hidden_size": spec.text_hidden},
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_ffn,
+            vocab_size=vocab_size or len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_ffn,
             num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
             num_key_value_heads=spec.text_kv_heads, max_position_embeddings=spec.max_positions,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(spec.mrope_section)},
-            tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=vocab_size is None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         ),
         audio_token_index=ids[AUDIO_PAD], audio_start_token_id=ids[AUDIO_BOS], audio_end_token_id=ids[AUDIO_EOS],
         image_token_index=ids[IMAGE_PAD], video_token_index=ids[VIDEO_PAD],
@@ -103,6 +108,30 @@ def build_tiny_thinker(tokenizer, spec: ModelSpec | None = None):
         for name, p in model.named_parameters():
             if re.search(r"audio_tower\.conv[12]\.weight$", name):
                 p.mul_(spec.audio_conv_init_scale)
+    _set_generation_defaults(model, tokenizer)
+    return model.eval()
+
+
+def full_size_spec(preset_name: str) -> ModelSpec:
+    """The ModelSpec of the real 3B / 7B thinker (architecture numbers from config.FULL_SIZE_ARCH)."""
+    arch = dict(FULL_SIZE_ARCH[preset_name])
+    arch.pop("vocab")
+    return ModelSpec(source=preset_name, dtype="bfloat16", audio_conv_init_scale=1.0, max_positions=32768,
+                     **arch, **FULL_SIZE_AUDIO)
+
+
+def build_full_size_thinker(preset_name: str, tokenizer, dtype: torch.dtype = torch.bfloat16,
+                            device: str = "cuda"):
+    """A full-size 3B / 7B thinker with random weights (no download): for GPU smoke tests and
+    memory tables. Token ids come from `tokenizer`; the vocabulary has the real size."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    cfg = tiny_thinker_config(tokenizer, full_size_spec(preset_name), vocab_size=FULL_SIZE_ARCH[preset_name]["vocab"],
+                              vision=FULL_SIZE_VISION)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(cfg, dtype=dtype,
+                                                                         attn_implementation="sdpa")
     _set_generation_defaults(model, tokenizer)
     return model.eval()
 

@@ -99,3 +99,37 @@ def test_lora_touches_the_language_model_only(tiny_tokenizer):
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
     merged = peft_model.merge_and_unload()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_load_thinker_from_a_full_omni_checkpoint_directory(tmp_path, tiny_model):
+    """The 3B/7B path: a full Qwen2.5-Omni checkpoint (config `qwen2_5_omni`, weights under
+    `thinker.`) loads as the thinker with `from_pretrained`, in bf16, from a local directory."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5OmniConfig
+
+    Qwen2_5OmniConfig(thinker_config=tiny_model.config.to_dict(), enable_audio_output=False).save_pretrained(tmp_path)
+    state = {f"thinker.{k}": v.detach().clone().contiguous() for k, v in tiny_model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model = load_thinker(tmp_path, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    ours = dict(tiny_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(p, ours[name].to(torch.bfloat16)), name
+
+
+@pytest.mark.parametrize("preset,lm_billions", [("omni-3b", (3.0, 3.6)), ("omni-7b", (7.3, 7.8))])
+def test_full_size_architectures_have_the_real_sizes(tiny_tokenizer, preset, lm_billions):
+    """The 3B / 7B thinkers built from their configs (on the meta device: no memory, no download)."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from echo_lite.config import FULL_SIZE_ARCH, FULL_SIZE_VISION
+    from echo_lite.model import full_size_spec, tiny_thinker_config
+
+    cfg = tiny_thinker_config(tiny_tokenizer, full_size_spec(preset), vocab_size=FULL_SIZE_ARCH[preset]["vocab"],
+                              vision=FULL_SIZE_VISION)
+    with torch.device("meta"):
+        model = Qwen2_5OmniThinkerForConditionalGeneration(cfg)
+    counts = count_parameters(model)
+    assert lm_billions[0] < counts["language_model"] / 1e9 < lm_billions[1]
+    assert 0.6 < counts["audio_tower"] / 1e9 < 0.7  # the Whisper-large-sized audio encoder
+    assert model.lm_head.weight.shape[0] == FULL_SIZE_ARCH[preset]["vocab"]

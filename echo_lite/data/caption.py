@@ -62,7 +62,16 @@ def _count(n: int) -> str:
 
 
 def _plural(word: str, n: int) -> str:
-    return word if n == 1 else (word + "es" if word.endswith(("sh", "ch", "s")) else word + "s")
+    if n == 1:
+        return word
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "es" if word.endswith(("sh", "ch", "s")) else word + "s"
+
+
+def _a(phrase: str) -> str:
+    return ("an " if phrase[:1].upper() in "AEFHILMNORSX" and phrase[1:2] in (" ", "") or phrase[:1] in "aeiou"
+            else "a ") + phrase
 
 
 _KIND_WORDS = {"tone": "steady tone", "chirp": "chirp", "knocks": "knock train", "noise": "noise burst",
@@ -99,7 +108,7 @@ def music_view(events: list[Event]) -> str:
     for e in events:
         a = e.attrs
         if e.kind == "melody":
-            parts.append(f"a {a['key']} melody at {a['bpm']} bpm ({' '.join(a['notes'])})")
+            parts.append(f"{_a(a['key'])} melody at {a['bpm']} bpm ({' '.join(a['notes'])})")
         elif e.kind == "music":
             bits = [a.get("caption") or "music"]
             if a.get("key"):

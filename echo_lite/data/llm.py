@@ -290,7 +290,7 @@ class LLMTeacher:
 
     def _draft(self, request: Request, reply: dict) -> Draft:
         qtype = reply["qtype"] or (request.qtypes[0] if request.qtypes else "other")
-        spans = tuple(reply["decisive_spans"])
+        spans = tuple((float(a), float(b)) for a, b in reply["decisive_spans"])  # lists when read from the store
         if not spans:  # no decisive spans given: the cited ones stand in
             from echo_lite.segments import parse_segments
 

@@ -20,18 +20,19 @@ import logging
 import math
 import os
 import tempfile
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from echo_lite.audio import write_audio
+from echo_lite.audio import load_audio, write_audio
 from echo_lite.config import DataSpec, Preset, get_preset
 from echo_lite.data.caption import Captioner, MetadataCaptioner
 from echo_lite.data.filters import DROPPED, RL, SFT, Judge, judge_item
 from echo_lite.data.formats import AUDIO_DIR, MANIFEST, SPLITS, Item, append_jsonl, manifest_ids, save_hf_split
 from echo_lite.data.teacher import Request, RuleTeacher, Teacher, qtype_order
-from echo_lite.data.world import render_scene, sample_scene, speech_available
+from echo_lite.data.world import Scene, render_scene, sample_scene, speech_available
 from echo_lite.prompts import format_response
 
 log = logging.getLogger(__name__)
@@ -97,30 +98,65 @@ def _histogram(values: list[float]) -> dict[str, int]:
     return {f"{a}-{b}": int(c) for a, b, c in zip(HIST_EDGES[:-1], HIST_EDGES[1:], counts, strict=True)}
 
 
+def _is_eval_source(scene: Scene, spec: DataSpec) -> bool:
+    """A real clip's split, fixed by its id (stable across runs and across list order)."""
+    return zlib.crc32(scene.scene_id.encode()) % 10_000 < spec.eval_fraction * 10_000
+
+
+def scene_audio(scene: Scene, spec: DataSpec) -> np.ndarray:
+    """The clip: read from `meta["audio_path"]` for real sources, rendered for synthetic scenes."""
+    if scene.meta.get("audio_path"):
+        return load_audio(scene.meta["audio_path"])
+    if scene.meta.get("source"):
+        raise SynthError(f"scene {scene.scene_id} ({scene.meta['source']}): no audio file; give the adapter audio_root")
+    return render_scene(scene, spec)
+
+
 def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, seed: int = 0,
                teacher: Teacher | None = None, judge: Judge | None = None, captioner: Captioner | None = None,
-               write_hf: bool = True, progress: bool = True) -> dict:
-    """Run the whole data stage into `out`; returns the stats (also written to `out/stats.json`)."""
+               write_hf: bool = True, progress: bool = True, source_scenes: list[Scene] | None = None) -> dict:
+    """Run the whole data stage into `out`; returns the stats (also written to `out/stats.json`).
+
+    `source_scenes` (from `adapters`, with audio files) replace the synthetic world: the
+    first `ceil(n / questions_per_scene)` of them are used, and a stable hash of each clip
+    id puts `eval_fraction` of them in the eval split.
+    """
     preset = get_preset(preset)
     spec, limits = preset.data, preset.segments
     teacher = teacher or RuleTeacher(spec)
     captioner = captioner or MetadataCaptioner()
     out = Path(out)
-    _check_config(out, {"preset": preset.name, "seed": int(seed), "data": dataclasses.asdict(spec),
-                        "teacher": teacher.name, "captioner": captioner.name, "judge": bool(judge)})
+    train_seeds, eval_seeds = plan_seeds(n, seed, spec)
+    if source_scenes is not None:
+        if not source_scenes:
+            raise SynthError("source_scenes is empty: no clips to write questions about")
+        picked = source_scenes[:math.ceil(n / spec.questions_per_scene)]
+        plan = [(sc, "eval" if _is_eval_source(sc, spec) else "train") for sc in picked]
+        if len(picked) > 1 and all(g == plan[0][1] for _, g in plan):  # tiny sets: keep both groups non-empty
+            plan[-1] = (plan[-1][0], "eval" if plan[0][1] == "train" else "train")
+    else:
+        held = set(eval_seeds)
+        plan = [(sample_scene(sd, duration=spec.clip_seconds, spec=spec), "eval" if sd in held else "train")
+                for sd in [*train_seeds, *eval_seeds]]
+    config = {"preset": preset.name, "seed": int(seed), "data": dataclasses.asdict(spec), "teacher": teacher.name,
+              "captioner": captioner.name, "judge": bool(judge),
+              "source": sorted({sc.meta.get("source", "synthetic") for sc, _ in plan})}
+    _check_config(out, json.loads(json.dumps(config)))  # as JSON reads it back: tuples become lists
     if not speech_available():
         log.warning("espeak-ng is not installed: scenes are drawn without speech events")
-    train_seeds, eval_seeds = plan_seeds(n, seed, spec)
     tokenizer = _tokenizer_for(preset)
     done = {split: manifest_ids(out / split / MANIFEST) for split in SPLITS}
 
     # 1. scenes, captions, teacher requests (text only: cheap)
-    scenes, captions, requests, group = {}, {}, [], {}
-    for sd in [*train_seeds, *eval_seeds]:
-        scene = sample_scene(sd, duration=spec.clip_seconds, spec=spec)
-        wav = render_scene(scene, spec) if captioner.name != "metadata" else None
+    scenes, captions, requests, group, route_seed = {}, {}, [], {}, {}
+    for i, (scene, scene_group) in enumerate(plan):
+        if scene.scene_id in scenes:
+            raise SynthError(f"two clips share the id {scene.scene_id!r}")
+        wav = scene_audio(scene, spec) if captioner.name != "metadata" else None
         scenes[scene.scene_id], captions[scene.scene_id] = scene, captioner(scene, wav)
-        group[scene.scene_id] = "eval" if sd in eval_seeds else "train"
+        group[scene.scene_id] = scene_group
+        sd = scene.seed if not scene.meta.get("source") else int(seed) * SEED_STRIDE + i
+        route_seed[scene.scene_id] = sd
         for k in range(spec.questions_per_scene):
             item_seed = _item_seed(sd, k)
             order = qtype_order(np.random.default_rng(item_seed), spec)
@@ -129,7 +165,7 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
 
     # 2. filters and routing
     stats = {"preset": preset.name, "seed": int(seed), "n_requested": int(n), "teacher": teacher.name,
-             "scenes": {"train": len(train_seeds), "eval": len(eval_seeds)}}
+             "scenes": {g: sum(grp == g for _, grp in plan) for g in ("train", "eval")}}
     items_by_scene: dict[str, list[Item]] = defaultdict(list)
     drop_reasons, rl_reasons, teacher_errors = Counter(), Counter(), Counter()
     qtypes: dict[str, Counter] = {s: Counter() for s in SPLITS}
@@ -152,7 +188,7 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
             continue
         if group[scene.scene_id] == "eval":
             split = "eval"
-        elif route == SFT and np.random.default_rng([scene.seed, 7]).random() < spec.rl_fraction:
+        elif route == SFT and np.random.default_rng([route_seed[scene.scene_id], 7]).random() < spec.rl_fraction:
             split, reason = RL, "sampled"
         else:
             split = route
@@ -189,7 +225,7 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
                     except OSError:
                         write_audio(path, wav)
                 else:
-                    wav = render_scene(scenes[scene_id], spec) if wav is None else wav
+                    wav = scene_audio(scenes[scene_id], spec) if wav is None else wav
                     write_audio(path, wav)
             written = path
             new = [it.to_json() for it in items if it.split == split and it.id not in done[split]]
@@ -223,9 +259,23 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
 
 def run(out: str | Path, preset: str = "tiny", n: int = 1000, seed: int = 0, teacher: str = "rule",
         llm_url: str | None = None, llm_model: str | None = None, llm_key_env: str | None = None,
-        judge: bool = False, workers: int = 4, progress: bool = True) -> dict:
-    """`synthesize` with the teacher and judge built from plain options (what the CLI passes)."""
+        judge: bool = False, workers: int = 4, progress: bool = True, audioset_tsv: str | None = None,
+        label_map: str | None = None, musicbench_json: str | None = None, audio_root: str | None = None) -> dict:
+    """`synthesize` with the teacher, judge and sources built from plain options (what the CLI passes)."""
     out = Path(out)
+    sources = None
+    if audioset_tsv or musicbench_json:
+        from echo_lite.data.adapters import read_audioset_strong, read_musicbench
+
+        if not audio_root:
+            raise SynthError("real sources need --audio-root (the directory holding their clips)")
+        sources = []
+        if audioset_tsv:
+            if not label_map:
+                raise SynthError("--audioset-tsv needs --label-map (mid_to_display_name.tsv)")
+            sources += read_audioset_strong(audioset_tsv, label_map, audio_root=audio_root)
+        if musicbench_json:
+            sources += read_musicbench(musicbench_json, audio_root=audio_root)
     llm_teacher = llm_judge = None
     if teacher == "llm" or judge:
         from echo_lite.data.llm import ChatClient, LLMJudge, LLMTeacher
@@ -244,4 +294,5 @@ def run(out: str | Path, preset: str = "tiny", n: int = 1000, seed: int = 0, tea
             llm_judge = LLMJudge(client, out / "judge_llm.jsonl", workers=workers)
     elif teacher != "rule":
         raise SynthError(f"unknown teacher {teacher!r}; choose rule or llm")
-    return synthesize(out, preset, n=n, seed=seed, teacher=llm_teacher, judge=llm_judge, progress=progress)
+    return synthesize(out, preset, n=n, seed=seed, teacher=llm_teacher, judge=llm_judge, progress=progress,
+                      source_scenes=sources)

@@ -1,0 +1,130 @@
+"""The main job: synth -> (shipped base) -> SFT -> GRPO -> eval, ending in the ablation table
+analogous to the paper's (ECHO_METHOD.md section 6).
+
+Every stage writes to `run_dir` and is skipped when its output is already there, so a
+re-run (or a notebook) picks up where the last one stopped. Rows of the table:
+
+| row | model | mode |
+|---|---|---|
+| base one-pass CoT | shipped base | one_pass |
+| SFT tags_only | SFT | tags_only |
+| SFT interleaved | SFT | interleaved |
+| SFT+GRPO interleaved (Echo) | SFT + GRPO | interleaved |
+| GRPO without SFT | base + GRPO | interleaved |
+| GRPO without segment reward | SFT + GRPO (no segment bonus) | interleaved |
+| final random_segment / oracle_segment | SFT + GRPO | controls |
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from echo_lite.config import Preset, get_preset
+from echo_lite.data.synth import synthesize
+from echo_lite.evaluate import evaluate_split
+from echo_lite.grpo import rl_items, run_grpo
+from echo_lite.model import load_preset_model
+from echo_lite.sft import load_sft_model, run_sft, sft_items, steps_per_epoch
+
+TABLE_KEYS = ("accuracy", "late_cue_accuracy", "segment_iou", "segments_per_answer", "seconds_per_answer")
+
+
+def _stage(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_data(run_dir: Path, preset: Preset) -> Path:
+    data = run_dir / "data"
+    if not (data / "stats.json").exists():
+        _stage(f"synth: {preset.demo.n_items} items")
+        synthesize(data, preset=preset, n=preset.demo.n_items, seed=preset.demo.seed, write_hf=True, progress=False)
+    return data
+
+
+def run_sft_stage(run_dir: Path, data: Path, preset: Preset) -> Path:
+    final = run_dir / "sft" / "final"
+    if not (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists():
+        items = sft_items(data / "sft")
+        steps = int(preset.demo.sft_epochs * steps_per_epoch(len(items), preset))
+        _stage(f"sft: {len(items)} items, {steps} steps")
+        run_sft(items, data / "sft", run_dir / "sft", preset, max_steps=steps, disable_tqdm=True, logging_steps=10)
+    return final
+
+
+def run_grpo_stage(run_dir: Path, name: str, data: Path, preset: Preset, init: Path | None) -> Path:
+    out = run_dir / name
+    final = out / "final"
+    if not (final / "adapter_config.json").exists():
+        _stage(f"grpo ({name}): {preset.demo.grpo_steps} steps")
+        lm = load_sft_model(init, preset) if init else load_preset_model(preset)
+        lm.preset = preset
+        run_grpo(lm, rl_items(data / "rl"), out, preset, steps=preset.demo.grpo_steps, progress=False)
+    return final
+
+
+def _load_grpo(final: Path, preset: Preset, init: Path | None):
+    """A GRPO result: its LoRA merged into the model it started from."""
+    from peft import PeftModel
+
+    lm = load_sft_model(init, preset) if init else load_preset_model(preset)
+    lm.model = PeftModel.from_pretrained(lm.model, str(final)).merge_and_unload().eval()
+    return lm
+
+
+def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs/demo-tiny") -> list[dict]:
+    """Run (or resume) the whole tiny pipeline and return the ablation table's rows."""
+    preset = get_preset(preset)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = run_data(run_dir, preset)
+    sft = run_sft_stage(run_dir, data, preset)
+    no_seg = preset.with_overrides(rewards={"segment_bonus": 0.0})
+    grpo = run_grpo_stage(run_dir, "grpo", data, preset, sft)
+    grpo_no_sft = run_grpo_stage(run_dir, "grpo_no_sft", data, preset, None)
+    grpo_no_seg = run_grpo_stage(run_dir, "grpo_no_segment_reward", data, no_seg, sft)
+
+    models = {
+        "base": lambda: load_preset_model(preset),
+        "sft": lambda: load_sft_model(sft, preset),
+        "grpo": lambda: _load_grpo(grpo, preset, sft),
+        "grpo_no_sft": lambda: _load_grpo(grpo_no_sft, preset, None),
+        "grpo_no_seg": lambda: _load_grpo(grpo_no_seg, preset, sft),
+    }
+    plan = [
+        ("base one-pass CoT", "base", "one_pass"),
+        ("SFT tags_only", "sft", "tags_only"),
+        ("SFT interleaved", "sft", "interleaved"),
+        ("SFT+GRPO interleaved (Echo)", "grpo", "interleaved"),
+        ("GRPO without SFT", "grpo_no_sft", "interleaved"),
+        ("GRPO without segment reward", "grpo_no_seg", "interleaved"),
+        ("final random_segment", "grpo", "random_segment"),
+        ("final oracle_segment", "grpo", "oracle_segment"),
+    ]
+    rows, loaded = [], {}
+    for name, model_key, mode in plan:
+        cache = run_dir / "eval" / f"{model_key}_{mode}.json"
+        if cache.exists():
+            metrics = json.loads(cache.read_text())
+        else:
+            _stage(f"eval: {name}")
+            if model_key not in loaded:
+                loaded = {model_key: models[model_key]()}  # one model in memory at a time
+            res = evaluate_split(loaded[model_key], data / "eval", mode=mode, limit=preset.demo.eval_items)
+            res.save(run_dir / "eval", f"{model_key}_{mode}")
+            metrics = res.metrics
+        rows.append({"name": name, "model": model_key, "mode": mode, **{k: metrics[k] for k in TABLE_KEYS}})
+    (run_dir / "results.json").write_text(json.dumps(rows, indent=1))
+    _stage(f"done in {time.perf_counter() - t0:.0f} s; results in {run_dir / 'results.json'}")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'row':<30} {'acc':>6} {'late':>6} {'IoU':>6} {'segs':>5} {'s/ans':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['name']:<30} {r['accuracy']:>6.3f} {r['late_cue_accuracy']:>6.3f} "
+                     f"{r['segment_iou']:>6.3f} {r['segments_per_answer']:>5.2f} {r['seconds_per_answer']:>6.2f}")
+    return "\n".join(lines)

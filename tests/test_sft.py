@@ -1,0 +1,117 @@
+"""SFT on the tiny preset: the collator's masks, a short real training run, exact resume,
+adapters in the standard PEFT format, merging."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from echo_lite.audio import write_audio
+from echo_lite.config import AUDIO_PAD, SAMPLE_RATE, get_preset
+from echo_lite.model import load_tokenizer
+from echo_lite.sft import IGNORE_INDEX, AudioSFTCollator, SFTDataError, encode_example, merge_adapter, run_sft
+
+PITCHES = {"low tone": 300.0, "high tone": 1200.0}
+
+
+def _make_items(root, n=8, seed=0):
+    """Real WAV files: 4 s of silence-ish noise with one tone at a random 1 s slot."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        label = ["low tone", "high tone"][i % 2]
+        start = float(rng.integers(0, 3))
+        t = np.arange(4 * SAMPLE_RATE) / SAMPLE_RATE
+        wav = 0.01 * rng.standard_normal(len(t))
+        on = (t >= start) & (t < start + 1)
+        wav[on] += 0.3 * np.sin(2 * np.pi * PITCHES[label] * t[on])
+        write_audio(root / "audio" / f"{i}.wav", wav.astype(np.float32))
+        items.append({
+            "id": f"item{i}", "audio": f"audio/{i}.wav", "question": f"What is heard at {start + 0.5:.1f} s?",
+            "choices": ["low tone", "high tone"], "answer": label,
+            "response": f"<think>The question asks about {start + 0.5:.1f} s, listen to "
+                        f"<seg>{start:.1f}, {start + 1:.1f}</seg>, this is a {label}.</think><answer>{label}</answer>",
+        })
+    return items
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sftdata")
+    return root, _make_items(root)
+
+
+def test_labels_cover_the_response_only(sft_data):
+    root, items = sft_data
+    tok = load_tokenizer("tiny")
+    preset = get_preset("tiny")
+    wav = AudioSFTCollator(tok, preset, root, 128).load_wav(items[0])
+    plain = encode_example(tok, items[0], wav, preset, insert_cited_clips=False)
+    inserted = encode_example(tok, items[0], wav, preset, insert_cited_clips=True)
+    audio_id = tok.convert_tokens_to_ids(AUDIO_PAD)
+    assert len(plain.clips) == 1 and len(inserted.clips) == 2
+    assert inserted.input_ids.count(audio_id) == 100 + 25  # 4 s clip + the cited 1 s clip
+    for ex in (plain, inserted):
+        supervised = [i for i, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX]
+        assert audio_id not in supervised
+        text = tok.decode(supervised)
+        assert text.startswith("<think>") and text.endswith("</answer><|im_end|>")
+    # the supervised text is the same with and without inserted clips
+    sup = lambda ex: [i for i, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX]  # noqa: E731
+    assert sup(plain) == sup(inserted)
+
+
+def test_collator_batches_every_clip_and_refuses_bad_items(sft_data):
+    root, items = sft_data
+    tok = load_tokenizer("tiny")
+    col = AudioSFTCollator(tok, get_preset("tiny"), root, 128, insert_cited_clips=True)
+    batch = col(items[:3])
+    assert batch["input_features"].shape[0] == 6  # 3 full clips + 3 inserted clips
+    n_audio = (batch["input_ids"] == tok.convert_tokens_to_ids(AUDIO_PAD)).sum()
+    assert n_audio == 3 * 125
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    with pytest.raises(SFTDataError, match="escapes the data root"):
+        col([{**items[0], "audio": "../../etc/passwd"}])
+    with pytest.raises(SFTDataError, match="item 'item0': field 'response'"):
+        col([{**items[0], "response": ""}])
+
+
+def _weights(path):
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_lora_sft_learns_resumes_exactly_and_merges(sft_data, tmp_path):
+    root, items = sft_data
+    common = dict(max_steps=6, save_steps=3, logging_steps=1, per_device_train_batch_size=4, learning_rate=3e-3,
+                  warmup_steps=0, disable_tqdm=True)
+    full = run_sft(items, root, tmp_path / "a", "tiny", **common)
+    assert (full / "adapter_config.json").exists() and (full / "adapter_model.safetensors").exists()
+    log = __import__("json").loads((full / "sft_log.json").read_text())["log"]
+    assert log[-1]["loss"] < log[0]["loss"]
+
+    # interrupted after step 3 (a callback stops the run right after the checkpoint), then resumed
+    from transformers import TrainerCallback
+
+    class StopAt3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    run_sft(items, root, tmp_path / "b", "tiny", callbacks=[StopAt3()], **common)
+    assert (tmp_path / "b" / "checkpoint-3").exists()
+    resumed = run_sft(items, root, tmp_path / "b", "tiny", **common)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+    merged = merge_adapter(full, tmp_path / "merged", "tiny")
+    assert (merged / "model.safetensors").exists()
+    from echo_lite.sft import load_sft_model
+
+    m1 = load_sft_model(full).model
+    m2 = load_sft_model(merged).model
+    for (n1, p1), (n2, p2) in zip(m1.named_parameters(), m2.named_parameters()):
+        assert n1 == n2 and torch.allclose(p1, p2, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="not a PEFT adapter"):
+        merge_adapter(tmp_path, tmp_path / "x")
