@@ -51,7 +51,16 @@ def _cmd_synth(args) -> int:
     return 0 if all(stats["items"][s] > 0 for s in ("sft", "rl", "eval")) else 1
 
 
+def _passive_omp_wait() -> None:
+    """Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other jobs,
+    spinning threads made training steps several times slower. Read when torch loads, so set first."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _cmd_pretrain(args) -> int:
+    _passive_omp_wait()
     from echo_lite.config import get_preset
     from echo_lite.pretrain import pretrain
 
@@ -65,6 +74,7 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_probe(args) -> int:
+    _passive_omp_wait()
     from echo_lite.pretrain import evaluate_base, format_evaluation
 
     result = evaluate_base(args.preset, checkpoint=args.checkpoint, n=args.n)

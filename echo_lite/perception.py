@@ -19,6 +19,7 @@ decoding reproduces the whole answer (argmax at every answer position, one forwa
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,8 @@ def single_item(seed: int, rng: np.random.Generator, spec: PretrainSpec, data: D
 
 
 def _single_clip(seed: int, rng: np.random.Generator, spec: PretrainSpec, data: DataSpec) -> tuple[np.ndarray, str]:
-    scene = _scene(seed, data.event_seconds[1] + 1.0, data, n_events=1, overlap_prob=0.0)
+    kinds = dataclasses.replace(data, kind_weights=spec.single_kind_weights)
+    scene = _scene(seed, data.event_seconds[1] + 1.0, kinds, n_events=1, overlap_prob=0.0)
     e = scene.events[0]
     pad_a, pad_b = rng.uniform(*spec.single_pad_s, size=2)
     a, b = max(0.0, e.onset - pad_a), min(scene.duration, e.offset + pad_b)
@@ -413,3 +415,17 @@ def one_pass_vs_oracle(model, collate: Collator, spec: PretrainSpec, data: DataS
         if progress:
             progress(names[cite], out[names[cite]]["accuracy"])
     return out
+
+
+@torch.no_grad()
+def generate_answer(model, tokenizer, item: Item, max_new_tokens: int = 8) -> str:
+    """Greedy continuation of an item's prompt (what the model says, not a score)."""
+    from echo_lite.config import PLACEHOLDER_TOKENS
+
+    ids, _ = item.prompt_ids(tokenizer)
+    feats = AudioFeaturizer(model.config.audio_config.num_mel_bins)(list(item.clips))
+    input_ids = torch.tensor([ids], device=model.device)
+    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                         **{k: v.to(model.device) for k, v in feats.items()}, max_new_tokens=max_new_tokens,
+                         do_sample=False, suppress_tokens=[tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDER_TOKENS])
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)

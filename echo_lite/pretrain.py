@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -148,6 +149,7 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
         shutil.rmtree(state_dir)
 
     t0 = time.perf_counter() - elapsed
+    cpu0 = time.process_time()
     stop_at = spec.steps if stop_after is None else min(spec.steps, step + int(stop_after))
     while step < stop_at:
         lr = learning_rate(step, spec)
@@ -160,6 +162,9 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
         opt.step()
         window.append(float(loss.detach()))
         step += 1
+        if step % spec.log_every == 0:
+            log(f"step {step}  loss {sum(window[-spec.log_every:]) / len(window[-spec.log_every:]):.4f}  "
+                f"{time.perf_counter() - t0:.0f} s")
         if not math.isfinite(window[-1]):
             raise PretrainError(f"loss became {window[-1]} at step {step}; lower learning_rate")
         if step % spec.eval_every == 0 or step == spec.steps:
@@ -177,14 +182,18 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
         log(f"stopped at step {step} of {spec.steps}; the state is in {state_dir} (run again to resume)")
         return None
     train_seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - cpu0  # this call only (a resumed run counts from its restart)
 
     save_base(model, tok, out)
     report = {
         "command": command_line(preset, seed),
         "preset": preset.name, "seed": seed, "steps": spec.steps, "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds_this_call": round(cpu_seconds, 1),
         "parameters": count_parameters(model)["total"],
         "checkpoint_mb": round((out / "model.safetensors").stat().st_size / 2**20, 2),
         "torch": torch.__version__, "threads": spec.threads, "machine": platform.machine(),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # other processes share the cores
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "pretrain": config["pretrain"], "curve": rows,
     }
     if final_eval:
@@ -288,14 +297,16 @@ def write_report(out: Path, report: dict) -> None:
         "Training curve: `curve.csv`, `curve.png`. Everything else: `PRETRAIN.json`.", "",
     ]
     if "probes" in report:
-        lines += ["## Probes (held-out scenes, one pass, open answers, greedy exact match)", "",
+        lo, hi = report["pretrain"]["probe_seconds"]
+        lines += [f"## Probes (held-out {lo:g}-{hi:g} s scenes, one pass, open answers, greedy exact match)", "",
                   "| probe | accuracy | chance (best constant answer) | ratio | naming a random event of the clip |",
                   "|---|---|---|---|---|"]
         for k, v in report["probes"].items():
             lines.append(f"| {k} | {v['accuracy']:.3f} | {v['chance']:.3f} | {v['ratio']:.2f}x | "
                          f"{v['present_label_baseline']:.3f} |")
         fd = report["fine_detail"]
-        lines += ["", "## Fine detail: which tone at time t, 10-30 s scenes", "",
+        lo, hi = report["pretrain"]["fine_detail_seconds"]
+        lines += ["", f"## Fine detail: which tone at time t, held-out {lo:g}-{hi:g} s scenes", "",
                   "| condition | accuracy |", "|---|---|"]
         for k in ("one_pass", "random_segment", "oracle_segment"):
             if k in fd:

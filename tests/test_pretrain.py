@@ -167,6 +167,11 @@ def test_short_pretrain_writes_a_checkpoint_that_reloads_and_learned(tmp_path, t
     batch = collate(training_batch(1, 0, preset.pretrain, TINY.data))  # a batch it trained on
     with torch.no_grad():
         assert answer_loss(lm.model, batch) < answer_loss(fresh, batch)
+    from echo_lite.cli import main
+
+    assert main(["probe", "--checkpoint", str(tmp_path), "--n", "2", "--json", str(tmp_path / "probe.json")]) == 0
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert set(probe["probes"]) == set(PROBES) and probe["fine_detail"]["one_pass"]["n"] == 2
 
 
 def test_resume_equals_uninterrupted(tmp_path):
