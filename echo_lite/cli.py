@@ -52,6 +52,40 @@ def _cmd_synth(args) -> int:
     return 0 if all(stats["items"][s] > 0 for s in ("sft", "rl", "eval")) else 1
 
 
+def _passive_omp_wait() -> None:
+    """Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other jobs,
+    spinning threads made training steps several times slower. Read when torch loads, so set first."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _cmd_pretrain(args) -> int:
+    _passive_omp_wait()
+    from echo_lite.config import get_preset
+    from echo_lite.pretrain import pretrain
+
+    preset = get_preset(args.preset)
+    if args.steps is not None:
+        preset = preset.with_overrides(pretrain={"steps": args.steps})
+    report = pretrain(preset, seed=args.seed, out=args.out, resume=not args.no_resume)
+    print(json.dumps({k: report.get(k) for k in ("train_seconds", "eval_seconds", "checkpoint_mb", "probes",
+                                                  "fine_detail")}, indent=2))
+    return 0
+
+
+def _cmd_probe(args) -> int:
+    _passive_omp_wait()
+    from echo_lite.pretrain import evaluate_base, format_evaluation
+
+    result = evaluate_base(args.preset, checkpoint=args.checkpoint, n=args.n)
+    print(format_evaluation(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def _cmd_sft(args) -> int:
     from echo_lite.config import get_preset
     from echo_lite.sft import run_sft, sft_items
@@ -160,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--musicbench-json", help="real clips: MusicBench JSON (lines or array)")
     s.add_argument("--audio-root", help="directory holding the real clips (<segment_id>.wav|flac / MusicBench location)")
     s.set_defaults(func=_cmd_synth)
+
+    pt = sub.add_parser("pretrain", help="train the tiny thinker from scratch on the synthetic world (data/tiny_base)")
+    pt.add_argument("--preset", default="tiny", choices=["tiny"])
+    pt.add_argument("--seed", type=int, default=None, help="default: the preset's")
+    pt.add_argument("--out", default=None, help="output directory (default data/tiny_base); a re-run resumes it")
+    pt.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    pt.add_argument("--no-resume", action="store_true", help="start over even if a saved training state exists")
+    pt.set_defaults(func=_cmd_pretrain)
+
+    pr = sub.add_parser("probe", help="held-out perception probes and one-pass vs oracle-segment accuracy")
+    pr.add_argument("--preset", default="tiny", choices=["tiny"])
+    pr.add_argument("--checkpoint", default=None, help="a model directory (default: the shipped tiny base)")
+    pr.add_argument("--n", type=int, default=None, help="items per probe (default: the preset's)")
+    pr.add_argument("--json", help="also write the results to this JSON file")
+    pr.set_defaults(func=_cmd_probe)
 
     f = sub.add_parser("sft", help="stage 1: fine-tune on DIR/sft (LoRA by default) so the model cites spans")
     f.add_argument("--preset", default="tiny", choices=sorted(PRESETS))

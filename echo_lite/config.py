@@ -74,6 +74,7 @@ class ModelSpec:
     audio_layers: int = 2
     audio_heads: int = 4
     audio_ffn: int = 256
+    audio_n_window: int = 100  # the encoder attends within 2 * n_window mel frames (100 -> 2 s, as Qwen2.5-Omni)
     text_hidden: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -204,6 +205,53 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class PretrainSpec:
+    """Pretraining the tiny base on the synthetic world (issue 4; TINY_MODEL_NOTES.md recipe).
+
+    One plain AdamW over all weights; each step draws one task family for the whole batch
+    (lengths alike, little padding). The first `curriculum_steps` steps are single-clip
+    perception only; then the full mix. Steps, not wall time, end the run: it reproduces.
+    """
+
+    steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    curriculum_steps: int = 150  # single clips only at first: perception before time
+    decay_start: float = 0.7  # fraction of the steps after which the rate decays linearly ...
+    final_lr_fraction: float = 0.1  # ... to this fraction of `learning_rate`
+    # task family -> weight after the curriculum (see perception.py for what each is)
+    task_weights: tuple[tuple[str, float], ...] = (
+        ("single", 0.25), ("multi", 0.10), ("relisten", 0.15), ("onepass", 0.50))
+    # one-pass question types (from data/questions.py) -> weight
+    onepass_qtypes: tuple[tuple[str, float], ...] = (
+        ("sound_at_time", 0.30), ("tone_at_time", 0.10), ("knock_count", 0.35), ("what_follows", 0.25))
+    relisten_other_fraction: float = 0.3  # re-listen items citing another event than the asked one
+    single_pad_s: tuple[float, float] = (0.0, 0.3)  # context kept around a single clip
+    # event kinds of single clips -> weight: knock counts and melody keys are the slow classes to learn
+    # (at DataSpec's mix, after 800 steps: tones, chirps, noise 100 %; knocks 22 %, melodies 17 %)
+    single_kind_weights: tuple[tuple[str, float], ...] = (
+        ("tone", 0.15), ("chirp", 0.10), ("knocks", 0.35), ("noise", 0.05), ("melody", 0.20), ("speech", 0.15))
+    multi_clips: tuple[int, int] = (2, 3)
+    # long-scene lengths of a batch -> weight (short ones are cheaper; all of 5-30 s is seen)
+    scene_buckets: tuple[tuple[tuple[float, float], float], ...] = (
+        ((5.0, 10.0), 0.60), ((10.0, 15.0), 0.30), ((15.0, 30.0), 0.10))
+    train_seed_range: int = 1_000_000  # training scenes: seeds below this (DataSpec's eval seeds start here)
+    probe_seed_offset: int = 3_000_000  # probe scenes: from here on, never trained on
+    probe_items: int = 200  # per probe at the end of training
+    probe_seconds: tuple[float, float] = (5.0, 15.0)
+    fine_detail_seconds: tuple[float, float] = (10.0, 30.0)
+    eval_every: int = 200
+    eval_items: int = 32  # per probe, for the training curve
+    log_every: int = 50  # a progress line (step, loss, seconds)
+    save_every: int = 200  # resumable state (model + optimizer) this often
+    threads: int = 2
+    seed: int = 0
+    max_checkpoint_mb: float = 15.0
+
+
+@dataclass(frozen=True)
 class DemoSpec:
     """The main job (`echo-lite demo`): sizes of each stage, so the whole tiny pipeline fits its
     30-minute budget on 2 CPU cores and gives the same numbers on every run."""
@@ -226,6 +274,7 @@ class Preset:
     sft: SFTSpec = field(default_factory=SFTSpec)
     grpo: GRPOSpec = field(default_factory=GRPOSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     demo: DemoSpec = field(default_factory=DemoSpec)
     device: str = "cpu"
 

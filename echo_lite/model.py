@@ -75,7 +75,7 @@ def tiny_thinker_config(tokenizer, spec: ModelSpec, vocab_size: int | None = Non
         audio_config=dict(
             num_mel_bins=spec.n_mels, encoder_layers=spec.audio_layers, encoder_attention_heads=spec.audio_heads,
             encoder_ffn_dim=spec.audio_ffn, d_model=spec.audio_d_model, output_dim=spec.text_hidden,
-            n_window=100, max_source_positions=1500,
+            n_window=spec.audio_n_window, max_source_positions=1500,
         ),
         # The vision tower is never used by echo_lite; it is kept as small as it builds.
         vision_config={**(vision or dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2,
