@@ -70,7 +70,8 @@ def _overlap_fraction(spans: Sequence[tuple[float, float]]) -> float:
 def record_for(item: Item, trace: Trace, tokenizer) -> dict:
     """Everything measured about one answer."""
     text = policy_text(trace, tokenizer)
-    spans = cited_spans(text)
+    # spans as written, clamped to the clip (the runtime clamps the same way); a start past the end cites nothing
+    spans = [(a, min(b, item.duration)) for a, b in cited_spans(text) if a < item.duration]
     events = [(e["onset"], e["offset"]) for e in item.events]
     applied = [s.applied for s in trace.segments if s.inserted and s.applied is not None]
     return {
