@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from echo_lite.config import SAMPLE_RATE, get_preset
-from echo_lite.demo import tone_clip
 from echo_lite.interleave import InterleavedGenerator, Query
 from echo_lite.model import load_preset_model
 from echo_lite.segments import format_segment
+from echo_lite.signals import tone_clip
 
 PITCHES = [262.0, 294.0, 330.0, 349.0, 392.0, 440.0, 494.0, 523.0]
 

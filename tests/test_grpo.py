@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from echo_lite.demo import tone_clip
 from echo_lite.grpo import RLItem, group_advantages, grpo_loss, policy_text, run_grpo
 from echo_lite.interleave import InterleavedGenerator, Query
 from echo_lite.model import apply_lora, load_preset_model
+from echo_lite.signals import tone_clip
 from echo_lite.trace import TraceLogprobs, trace_logprobs
 
 PITCHES = [262.0, 330.0, 392.0, 440.0, 523.0, 349.0]

@@ -16,7 +16,6 @@ import torch
 
 from echo_lite.audio import audio_token_count, cut_span
 from echo_lite.config import AUDIO_PAD, IM_END, SAMPLE_RATE, SEG_OPEN
-from echo_lite.demo import tone_clip
 from echo_lite.interleave import (
     InterleavedGenerator,
     Query,
@@ -26,6 +25,7 @@ from echo_lite.interleave import (
 )
 from echo_lite.model import load_preset_model
 from echo_lite.segments import SegmentReject, format_segment, segment_iou
+from echo_lite.signals import tone_clip
 from echo_lite.trace import RuntimeReject, Trace, trace_logprobs
 
 PITCHES = [262.0, 330.0, 392.0, 440.0, 523.0, 349.0, 294.0]
