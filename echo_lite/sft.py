@@ -175,10 +175,13 @@ def run_sft(items: list[dict], data_root: str | Path, out_dir: str | Path, prese
     same arguments resumes from the last one (optimizer, scheduler, RNG and data order).
     """
     from datasets import Dataset
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
+
     preset = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(preset.sft.seed)  # LoRA's initial weights come from the global RNG: a re-run must match
     lm = load_preset_model(preset, base)
     model = lm.model
     if preset.sft.freeze_audio_tower:

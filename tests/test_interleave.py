@@ -23,7 +23,6 @@ from echo_lite.interleave import (
     compact_cache,
     random_span,
 )
-from echo_lite.model import load_preset_model
 from echo_lite.segments import SegmentReject, format_segment, segment_iou
 from echo_lite.signals import tone_clip
 from echo_lite.trace import RuntimeReject, Trace, trace_logprobs
@@ -46,9 +45,19 @@ def _tags(k: int, offset: float = 0.0) -> str:
 
 
 
+def untrained_tiny():
+    """A freshly initialised tiny thinker: it babbles to the token budget, which several tests
+    rely on (the shipped pretrained base stops early)."""
+    from echo_lite.config import get_preset
+    from echo_lite.model import LoadedModel, build_tiny_thinker, load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    return LoadedModel(model=build_tiny_thinker(tok), tokenizer=tok, preset=get_preset("tiny"))
+
+
 @pytest.fixture(scope="module")
 def lm():
-    return load_preset_model("tiny")
+    return untrained_tiny()
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,7 +67,7 @@ def train_tagger(max_steps: int = 150):
     Returns (LoadedModel, queries, the target traces); trained once per test session."""
     from echo_lite.model import freeze_audio_tower
 
-    lm = load_preset_model("tiny")
+    lm = untrained_tiny()
     questions = ["Which tone comes first?", "How many tones are high?", "Is the melody rising or falling?"]
     queries = [Query(wav=tone_clip(PITCHES[i:i + 6], tone_s=0.6, gap_s=0.2, seed=i), question=questions[i],
                      choices=["C4", "E4"], id=f"t{i}") for i in range(3)]
