@@ -83,3 +83,18 @@ def response_audio_share(model, input_ids: torch.Tensor, response_start: int, au
 
 def audio_token_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(AUDIO_PAD)
+
+
+def text_steps(input_ids: torch.Tensor, response_start: int, audio_ids: Sequence[int]) -> torch.Tensor:
+    """(n_steps,) bool: the response steps that generate text. Inserted clips (their bos, pads and
+    eos) are written by the runtime, not decoded, so a per-step curve skips them."""
+    nxt = input_ids[0, response_start:]
+    return ~torch.isin(nxt, torch.tensor(list(audio_ids), device=nxt.device))
+
+
+def audio_fraction(input_ids: torch.Tensor, response_start: int, audio_token_id: int) -> torch.Tensor:
+    """(n_steps,) the share that uniform attention would put on audio at each step: the audio
+    tokens' fraction of the visible context (a reference for `response_audio_share`)."""
+    is_audio = (input_ids[0] == audio_token_id).double()
+    frac = is_audio.cumsum(0) / torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+    return frac[response_start - 1: input_ids.shape[1] - 1].float()

@@ -53,8 +53,9 @@ def _cmd_synth(args) -> int:
 
 
 def _passive_omp_wait() -> None:
-    """Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other jobs,
-    spinning threads made training steps several times slower. Read when torch loads, so set first."""
+    """Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with another job,
+    spinning made training steps 1.55x slower (benchmarks/bench_pretrain.py) and single-clip steps
+    ~12x slower in one pretraining run. Read when torch loads, so set first."""
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -71,3 +71,16 @@ def test_eager_attention_is_restored(tiny_tokenizer):
 def test_response_start_is_checked(tiny_model):
     with pytest.raises(AttentionError, match="response_start"):
         response_audio_share(tiny_model, torch.ones(1, 5, dtype=torch.long), 9, 3)
+
+
+def test_text_steps_skip_inserted_clips_and_fraction_is_the_uniform_share(tiny_tokenizer):
+    from echo_lite.attention import audio_fraction, text_steps
+    from echo_lite.config import AUDIO_BOS, AUDIO_EOS, AUDIO_PAD
+
+    ids_ = [tiny_tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS)]
+    bos, pad, eos = ids_
+    seq = torch.tensor([[5, bos, pad, pad, eos, 7, 8, bos, pad, eos, 9]])
+    steps = text_steps(seq, 5, ids_)  # response = [7, 8, bos, pad, eos, 9]
+    assert steps.tolist() == [True, True, False, False, False, True]
+    frac = audio_fraction(seq, 5, pad)  # queries at positions 4..9: pads seen / tokens seen
+    assert torch.allclose(frac, torch.tensor([2 / 5, 2 / 6, 2 / 7, 2 / 8, 3 / 9, 3 / 10]))
