@@ -19,13 +19,12 @@ import numpy as np
 from echo_lite.answers import extract_answer, is_correct, match_choice
 from echo_lite.audio import load_audio
 from echo_lite.data.formats import Item, read_manifest, resolve_audio
-from echo_lite.grpo import policy_text
 from echo_lite.interleave import InterleavedGenerator, Query
 from echo_lite.model import LoadedModel
 from echo_lite.rewards import format_reward, grounding_score
 from echo_lite.scoring import BenchItem, load_mmar, load_mmau, score_mmar, score_mmau, write_predictions
 from echo_lite.segments import parse_segments, segment_iou
-from echo_lite.trace import Trace
+from echo_lite.trace import Trace, policy_text
 
 LATE_CUE_S = 10.0  # a decisive event starting here or later is past the paper's 10 s training clips
 HIT_IOU = 0.3  # a cited span "hits" an annotated event at this IoU (the synth filter's threshold)

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from echo_lite.config import IM_END, Preset, get_preset
+from echo_lite.config import Preset, get_preset
 from echo_lite.interleave import InterleavedGenerator, Query
 from echo_lite.model import LoadedModel, apply_lora, freeze_audio_tower
 from echo_lite.rewards import score_response
-from echo_lite.trace import Trace, TraceLogprobs, trace_logprobs
+from echo_lite.trace import Trace, TraceLogprobs, policy_text, trace_logprobs
 
 
 @dataclass
@@ -44,13 +44,6 @@ class RLItem:
     def query(self) -> Query:
         return Query(wav=self.wav, question=self.question, choices=self.choices,
                      decisive_spans=self.decisive_spans, id=self.id)
-
-
-def policy_text(trace: Trace, tokenizer) -> str:
-    """What the policy wrote: the completion without the runtime's inserted audio and the end token."""
-    ids = [i for i, inserted in zip(trace.completion_ids, trace.inserted_mask) if not inserted]
-    text = tokenizer.decode(ids, skip_special_tokens=False)
-    return text[: -len(IM_END)] if text.endswith(IM_END) else text
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
@@ -243,7 +236,7 @@ def run_grpo(lm: LoadedModel, items: list[RLItem], out_dir: str | Path, preset: 
         optimizer.step()
         model.eval()
 
-        entry = {"step": step + 1, "loss": float(loss), **stats, **loss_stats,
+        entry = {"step": step + 1, "loss": float(loss.detach()), **stats, **loss_stats,
                  "rollout_s": round(t_roll, 2), "step_s": round(time.perf_counter() - t0, 2)}
         log.append(entry)
         bar.set_postfix(reward=f"{stats['reward']:.2f}", acc=f"{stats['accuracy']:.2f}",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from echo_lite.audio import AudioFeaturizer, cut_span
-from echo_lite.config import SAMPLE_RATE
+from echo_lite.config import IM_END, SAMPLE_RATE
 
 
 class RuntimeReject(str, enum.Enum):
@@ -228,3 +228,10 @@ def trace_logprobs(model, traces: list[Trace], featurizer: AudioFeaturizer | Non
     out = torch.stack(rows)
     return TraceLogprobs(logprobs=out, sampled_mask=complete & ~inserted, inserted_mask=inserted,
                          completion_mask=complete)
+
+
+def policy_text(trace: Trace, tokenizer) -> str:
+    """What the policy wrote: the completion without the runtime's inserted audio and the end token."""
+    ids = [i for i, inserted in zip(trace.completion_ids, trace.inserted_mask) if not inserted]
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return text[: -len(IM_END)] if text.endswith(IM_END) else text
