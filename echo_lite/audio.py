@@ -128,7 +128,8 @@ class AudioFeaturizer:
     """Log-mel features for a list of clips, without the processor (it needs torchvision).
 
     Pads to the longest clip in the batch: the thinker strips padding through
-    `feature_attention_mask`, so padding to 30 s would only cost time.
+    `feature_attention_mask`, so padding to 30 s would only cost time. A clip's features
+    do not depend on the clips batched with it (tested).
     """
 
     def __init__(self, n_mels: int = 128, sr: int = SAMPLE_RATE):
@@ -139,6 +140,8 @@ class AudioFeaturizer:
 
     def __call__(self, wavs: list[np.ndarray]) -> dict:
         """-> {'input_features': (B, n_mels, T) float32, 'feature_attention_mask': (B, T) long}."""
+        import torch
+
         if len(wavs) == 0:
             raise AudioError("no clips given to the featurizer")
         checked = []
@@ -147,6 +150,21 @@ class AudioFeaturizer:
             if audio_token_count(len(w)) < 1:
                 raise AudioError(f"clip {i}: {len(w)} samples is too short to yield an audio token")
             checked.append(w)
-        out = self.extractor(checked, sampling_rate=self.sr, return_attention_mask=True, padding="longest",
-                             truncation=False, return_tensors="pt")
-        return {"input_features": out["input_features"], "feature_attention_mask": out["attention_mask"].long()}
+        # One clip at a time, each followed by zeros: the STFT's last window then sees the same
+        # samples whatever the clip is batched with (zeros, as in the real processor's 30 s
+        # padding). Batched, a clip's last frame saw a neighbour's padding or a reflection,
+        # so its audio tokens moved by up to 0.1 with the batch and recorded log-probs
+        # drifted from GRPO's teacher-forced ones.
+        tail = np.zeros(self.extractor.n_fft, np.float32)
+        per_clip = []
+        for w in checked:
+            f = self.extractor([np.concatenate([w, tail])], sampling_rate=self.sr, padding="longest",
+                               truncation=False, return_tensors="np")["input_features"][0]
+            per_clip.append(f[:, :num_frames(len(w))])
+        width = max(f.shape[1] for f in per_clip)
+        feats = torch.zeros((len(per_clip), per_clip[0].shape[0], width), dtype=torch.float32)
+        mask = torch.zeros((len(per_clip), width), dtype=torch.long)
+        for i, f in enumerate(per_clip):
+            feats[i, :, :f.shape[1]] = torch.from_numpy(f)
+            mask[i, :f.shape[1]] = 1
+        return {"input_features": feats, "feature_attention_mask": mask}

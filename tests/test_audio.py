@@ -121,3 +121,25 @@ def test_featurizer_pads_to_longest_and_checks_input():
         fz([np.zeros(100, np.float32)])
     with pytest.raises(AudioError, match="no clips"):
         fz([])
+
+
+@pytest.mark.parametrize("n_short", [3 * SAMPLE_RATE + 123, 9600])  # a partial last hop; a whole number of hops
+def test_a_clips_audio_tokens_do_not_depend_on_its_batch(tiny_model, n_short):
+    """A clip batched with a longer one gives the same features and audio tokens as alone.
+    Padded together, the extractor's mask kept a half-empty last frame and the last STFT
+    window saw the neighbour's padding instead of a reflection (0.07-0.1 apart on the
+    tiny encoder), so recorded log-probs drifted from GRPO's teacher-forced ones."""
+    rng = np.random.default_rng(0)
+    short = rng.standard_normal(n_short).astype(np.float32) * 0.1
+    long = rng.standard_normal(7 * SAMPLE_RATE + 77).astype(np.float32) * 0.1
+    fz = AudioFeaturizer(tiny_model.config.audio_config.num_mel_bins)
+    alone, together = fz([short]), fz([short, long])
+    n = num_frames(len(short))
+    assert alone["feature_attention_mask"].sum().item() == n
+    assert together["feature_attention_mask"].sum(-1).tolist() == [n, num_frames(len(long))]
+    assert torch.equal(alone["input_features"][0], together["input_features"][0, :, :n])
+    with torch.no_grad():
+        a = tiny_model.get_audio_features(**alone).last_hidden_state
+        b = tiny_model.get_audio_features(**fz([long])).last_hidden_state
+        ab = tiny_model.get_audio_features(**together).last_hidden_state
+    assert torch.allclose(torch.cat([a, b]), ab, atol=1e-5)

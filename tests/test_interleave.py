@@ -412,3 +412,27 @@ def test_cli_listen_writes_the_trace(tmp_path, capsys):
     assert "inserted" in printed and "out_of_range" in printed
     with pytest.raises(SystemExit):
         main(["listen", "--audio", str(wav), "--question", "q", "--mode", "two_pass"])
+
+
+def test_batched_logprobs_match_teacher_forcing_on_the_trained_base():
+    """Rows of different clip lengths (not whole hops) decoded together, on the shipped base
+    whose audio matters: the recorded log-probs equal ONE teacher-forced forward (GRPO's
+    contract), which also batches the clips differently."""
+    from echo_lite.model import load_preset_model
+
+    base = load_preset_model("tiny")
+    queries = []
+    for i, n_tones in enumerate((3, 5, 7, 4)):
+        q = _query(i, n_tones=n_tones)
+        q.wav = q.wav[: len(q.wav) - 37 * (i + 1)]  # odd lengths: a partial last mel frame
+        queries.append(q)
+    traces = InterleavedGenerator(base, temperature=0.7).generate(
+        queries, seed=5, forced_prefix=[_tags(k) for k in (0, 1, 2, 1)])
+    assert sum(t.n_relistens for t in traces) >= 3
+    with torch.no_grad():
+        out = trace_logprobs(base.model, traces)
+    for i, t in enumerate(traces):
+        n = len(t.completion_ids)
+        sampled = out.sampled_mask[i, :n]
+        diff = (out.logprobs[i, :n][sampled] - torch.tensor(t.logprobs)[sampled]).abs().max()
+        assert diff < 1e-4, f"trace {i}: teacher-forced log-probs differ by {diff:.2e}"
