@@ -3,9 +3,11 @@
     PYTHONPATH=. python benchmarks/interleave_speed.py                # tiny preset, CPU
     PYTHONPATH=. python benchmarks/interleave_speed.py --preset omni-3b --checkpoint DIR   # GPU
 
-Every answer generates exactly `max_new_tokens` text tokens (the preset's budget): the
-first part is forced (`forced_prefix`: k re-listen requests spread over the answer),
-the rest is the model's own greedy decoding, so every pause, clip and forward is real.
+Every answer generates exactly `max_new_tokens` text tokens (the preset's budget), all
+forced (`forced_prefix`: k re-listen requests spread over the answer, filler between):
+the model still runs every forward, pause and clip, but a trained model's early end
+token or its own tags cannot change how much work an answer is. Clips default to the
+tiny world's mean length (DataSpec.clip_seconds).
 Compared, each on the same answers:
   1. cache resume vs full re-prefill (the authors' runtime) for 0, 1, 2, 4, 8 re-listens,
      per answer and per re-listen cost (the time above the same answer with none);
@@ -35,6 +37,7 @@ PITCHES = [262.0, 294.0, 330.0, 349.0, 392.0, 440.0, 494.0, 523.0]
 
 
 def make_queries(n: int, n_tones: int) -> list[Query]:
+    """n clips of n_tones 1.5 s tones (a 1 s tone and a 0.5 s gap each)."""
     out = []
     for i in range(n):
         rng = np.random.default_rng(i)
@@ -48,16 +51,16 @@ SPAN_S = 3.0  # the paper's mean re-listened span after RL (ECHO_METHOD.md secti
 
 
 def forced_answer(tok, k: int, budget: int, clip_s: float) -> str:
-    """A reasoning prefix with k valid re-listens of SPAN_S seconds spread over ~80 % of the budget."""
+    """A whole forced answer: k valid re-listens of SPAN_S seconds spread over ~80 % of the budget."""
     text = "<think>"
     if k == 0:
-        return text
+        return text + " then" * budget
     tag_tokens = len(tok.encode(f" listen {format_segment(1.0, 4.0)},", add_special_tokens=False))
     gap = max(0, (int(0.8 * budget) - k * tag_tokens) // k)
     for j in range(k):
         start = round((j * 1.3) % max(clip_s - SPAN_S, 0.1), 1)
         text += " then" * gap + f" listen {format_segment(start, min(clip_s, start + SPAN_S))},"
-    return text
+    return text + " then" * budget  # past the budget: the whole answer is forced
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -81,7 +84,9 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (tiny ops run best on one)")
-    p.add_argument("--tones", type=int, default=7, help="clip length in 1.5 s tones (7 -> 10.5 s)")
+    world = get_preset("tiny").data.clip_seconds
+    p.add_argument("--tones", type=int, default=round(sum(world) / 2 / 1.5),
+                   help=f"clip length in 1.5 s tones (default: the tiny world's mean clip, {sum(world) / 2:.1f} s)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--clock", choices=sorted(CLOCKS), default=None,
                    help="cpu (process CPU time; default on CPU) or wall (default on GPU)")

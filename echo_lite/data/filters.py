@@ -31,11 +31,11 @@ from echo_lite.config import (
 from echo_lite.data.questions import QTYPES, Draft, true_options
 from echo_lite.data.world import Scene, label_vocabulary
 from echo_lite.prompts import format_response
+from echo_lite.rewards import opens_new_sentence
 from echo_lite.segments import parse_segments, segment_iou, validate_segment
 
 SFT, RL, DROPPED = "sft", "rl", "dropped"
 _CLAUSE_END = re.compile(r"[;!?\n]|\.(?!\d)")
-_NEW_SENTENCE = re.compile(r"\s*(?:[.!?]\s+)?[A-Z<]")
 _TIME_IN_QUESTION = re.compile(r"(\d+(?:\.\d+)?)\s*s\b")
 
 
@@ -71,12 +71,10 @@ class Citation:
 
 
 def starts_new_sentence(continuation: str) -> bool:
-    """True when the text after `</seg>` opens a new sentence instead of continuing it.
-
-    Stricter than the released reward's next-character test: "</seg> The" and
-    "</seg>. The" count as new sentences too.
-    """
-    return bool(_NEW_SENTENCE.match(continuation))
+    """True when the text after `</seg>` opens a new sentence instead of continuing it: the
+    consistency reward's "token" rule, stricter than the released next-character test
+    ("</seg> The" and "</seg>. The" count as new sentences too). One rule for both."""
+    return opens_new_sentence(continuation, rule="token")
 
 
 def split_response(text: str) -> tuple[str, str] | None:
