@@ -10,10 +10,11 @@ student's; a right one prints a line and returns True.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 from echo_lite.audio import audio_token_count
-from echo_lite.config import SAMPLE_RATE, RewardSpec, SegmentLimits
+from echo_lite.config import SAMPLE_RATE, DataSpec, RewardSpec, SegmentLimits
 from echo_lite.rewards import consistency_reward, format_reward
 from echo_lite.segments import parse_segments, segment_iou
 
@@ -26,7 +27,7 @@ NOT_ATTEMPTED = "not attempted yet"
 
 
 def _same(a, b, tol: float) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+    if isinstance(a, numbers.Real) and isinstance(b, numbers.Real) and not isinstance(a, bool):
         return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b))
@@ -34,9 +35,13 @@ def _same(a, b, tol: float) -> bool:
 
 
 def check_function(name: str, student: Callable, reference: Callable, cases: Sequence[tuple], tol: float = 1e-6,
-                   hint: str = "") -> bool | str:
-    """Compare `student(*case)` with `reference(*case)` on every case; raise on the first difference."""
+                   hint: str = "", labels: Sequence[str] | None = None) -> bool | str:
+    """Compare `student(*case)` with `reference(*case)` on every case; raise on the first difference.
+
+    labels: a short description per case for the messages, where `repr(case)` would be unreadable
+    (tensors, scenes)."""
     for i, case in enumerate(cases):
+        shown = labels[i] if labels is not None else repr(case)
         expected = reference(*case)
         try:
             got = student(*case)
@@ -44,9 +49,9 @@ def check_function(name: str, student: Callable, reference: Callable, cases: Seq
             print(f"{name}: {NOT_ATTEMPTED}")
             return NOT_ATTEMPTED
         except Exception as err:  # the student's bug: report it with the case that triggered it
-            raise ExerciseError(f"{name}: case {i} {case!r} raised {type(err).__name__}: {err}") from err
+            raise ExerciseError(f"{name}: case {i} {shown} raised {type(err).__name__}: {err}") from err
         if not _same(got, expected, tol):
-            raise ExerciseError(f"{name}: case {i} {case!r}: expected {expected!r}, got {got!r}."
+            raise ExerciseError(f"{name}: case {i} {shown}: expected {expected!r}, got {got!r}."
                                 + (f" Hint: {hint}" if hint else ""))
     print(f"{name}: all {len(cases)} cases agree with the reference")
     return True
@@ -148,3 +153,180 @@ def check_parse_spans(student: Callable[[str], list]) -> bool | str:
              ("<seg>1.0, 2.0",), ("no tags",)]
     return check_function("parse spans", student, lambda t: [tag.span for tag in parse_segments(t) if tag.ok], cases,
                           hint="reversed, non-numeric and unclosed tags are not well formed")
+
+
+# --------------------------------------------------------------------------------------
+# Notebook 01: where the attention goes, and what an oracle re-listens to.
+# --------------------------------------------------------------------------------------
+def _plain(x, digits: int = 6):
+    """A tensor / array / number as nested lists of floats rounded to `digits` (readable messages)."""
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, (list, tuple)):
+        return [_plain(v, digits) for v in x]
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return round(float(x), digits)
+    return x
+
+
+# (seed, layers, batch, heads, queries, keys, audio keys per batch row, rows normalised)
+ATTENTION_CASES = [
+    (0, 1, 1, 1, 4, 4, [[0, 1]], True),
+    (1, 2, 1, 3, 6, 6, [[1, 2, 3]], True),
+    (2, 3, 2, 2, 3, 7, [[0, 1, 2, 3], [2, 5]], True),  # the last 3 queries of a 7-token sequence
+    (3, 2, 1, 2, 5, 5, [[0, 1, 2]], False),  # rows not summing to 1: divide by each row's total
+    (4, 2, 1, 2, 4, 4, [[]], True),  # no audio at all
+]
+
+
+def _attention_case(seed, layers, batch, heads, queries, keys, audio, normalised):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q_pos = torch.arange(keys - queries, keys)[:, None]  # query i sits at position keys - queries + i
+    hidden = torch.arange(keys)[None, :] > q_pos  # causal: later keys are not visible
+    attentions = []
+    for _ in range(layers):
+        a = torch.randn(batch, heads, queries, keys, generator=g).masked_fill(hidden, float("-inf")).softmax(-1)
+        if not normalised:
+            a = a * (0.5 + torch.rand(batch, heads, queries, 1, generator=g))
+        attentions.append(a)
+    mask = torch.zeros(batch, keys, dtype=torch.bool)
+    for row, ks in enumerate(audio):
+        mask[row, ks] = True
+    return attentions, mask
+
+
+def _attention_label(seed, layers, batch, heads, queries, keys, audio, normalised):
+    return (f"({layers} layer(s) of shape (B={batch}, H={heads}, Q={queries}, K={keys}), causal, audio keys "
+            f"{audio if batch > 1 else audio[0]}{'' if normalised else ', rows not summing to 1'})")
+
+
+def check_audio_share(student: Callable) -> bool | str:
+    """Exercise (notebook 01): the share of each query's attention that falls on audio keys, averaged
+    over layers and heads: `student(attentions, audio_mask)` with one (B, H, Q, K) tensor per layer and
+    a (B, K) bool mask -> (B, Q). Reference: `echo_lite.attention.audio_share`."""
+    from echo_lite.attention import audio_share
+
+    cases = [_attention_case(*c) for c in ATTENTION_CASES]
+    return check_function("audio share", lambda a, m: _plain(student(a, m)), lambda a, m: _plain(audio_share(a, m)),
+                          cases, tol=1e-4, labels=[_attention_label(*c) for c in ATTENTION_CASES],
+                          hint="per layer and head: weight on audio keys / the row's total weight, shape (B, Q) "
+                               "after averaging over layers and heads")
+
+
+# (scene seed, question draw): "Which tone is heard at t s?" as the rule teacher asks it
+TONE_QUESTIONS = [(105, 0), (105, 1), (99, 0), (99, 1), (23, 5), (11, 5), (42, 1)]
+
+
+def tone_questions() -> list[tuple]:
+    """(scene, t, the teacher's draft) for each of `TONE_QUESTIONS` (the decisive span is the draft's)."""
+    import numpy as np
+
+    from echo_lite.data.questions import make_tone_at_time
+    from echo_lite.data.world import sample_scene
+
+    out = []
+    for seed, draw in TONE_QUESTIONS:
+        scene = sample_scene(seed)
+        draft = make_tone_at_time(scene, np.random.default_rng(draw), DataSpec())
+        out.append((scene, draft.query["t"], draft))
+    return out
+
+
+def _scene_label(scene, t: float) -> str:
+    return f"({scene.scene_id}, {scene.duration} s, {len(scene.events)} events; 'Which tone is heard at {t} s?')"
+
+
+def check_oracle_span(student: Callable) -> bool | str:
+    """Exercise (notebook 01): `student(scene, t)` -> the (start, end) an oracle re-listens to for
+    "Which tone is heard at t s?": the whole tone sounding at t, the rule teacher's decisive span."""
+    qs = tone_questions()
+    decisive = {(scene.scene_id, t): draft.decisive_spans[0] for scene, t, draft in qs}
+    return check_function("oracle span", student, lambda scene, t: decisive[(scene.scene_id, t)],
+                          [(scene, t) for scene, t, _ in qs], tol=1e-6,
+                          labels=[_scene_label(scene, t) for scene, t, _ in qs],
+                          hint="the event of kind 'tone' with onset <= t < offset; return its (onset, offset)")
+
+
+# --------------------------------------------------------------------------------------
+# Notebook 02: the teacher's chain of thought, and the filter on cited spans.
+# --------------------------------------------------------------------------------------
+def check_tone_think(student: Callable[..., str]) -> bool | str:
+    """Exercise (notebook 02): `student(scene, t)` -> the rule teacher's chain of thought (the text inside
+    <think>) for "Which tone is heard at t s?". It must pass the data filters (`judge_item` routes the
+    item to SFT) and cite the tone's exact span with `<seg>start, end</seg>`."""
+    import dataclasses
+
+    from echo_lite.data.filters import judge_item
+
+    spec, limits = DataSpec(), SegmentLimits()
+    qs = tone_questions()
+    for i, (scene, t, draft) in enumerate(qs):
+        shown = _scene_label(scene, t)
+        assert judge_item(scene, draft, spec, limits)[0].route() == ("sft", None)  # the reference passes
+        try:
+            think = student(scene, t)
+        except NotImplementedError:
+            print(f"teacher think: {NOT_ATTEMPTED}")
+            return NOT_ATTEMPTED
+        except Exception as err:
+            raise ExerciseError(f"teacher think: case {i} {shown} raised {type(err).__name__}: {err}") from err
+        if not isinstance(think, str):
+            raise ExerciseError(f"teacher think: case {i} {shown}: expected a str, got {type(think).__name__}")
+        verdict, cites = judge_item(scene, dataclasses.replace(draft, think=think), spec, limits)
+        route = verdict.route()
+        if route != ("sft", None):
+            raise ExerciseError(f"teacher think: case {i} {shown}: the filters route {think!r} to {route[0]} "
+                                f"({route[1]}); expected sft. The reference writes {draft.think!r}")
+        spans = [c.span for c in cites if c.error is None]
+        want = draft.decisive_spans[0]
+        if not any(_same(list(s), list(want), 1e-6) for s in spans):
+            raise ExerciseError(f"teacher think: case {i} {shown}: cites {spans}, expected the tone's exact span "
+                                f"{want} among them (the {draft.answer} sounds from {want[0]} to {want[1]} s)")
+    print(f"teacher think: all {len(qs)} cases pass the filters and cite the decisive span")
+    return True
+
+
+def reference_cited_span(scene, span: tuple[float, float], label: str) -> str:
+    """What the data filter (`filters.check_cot`) says of one `<seg>` that names `label`:
+    'ok', 'cites_absent_event' or 'seg_misplaced'."""
+    from echo_lite.data.filters import check_cot
+    from echo_lite.data.questions import Draft
+    from echo_lite.segments import format_segment
+
+    think = f"I listen to {format_segment(*span)}, this is the {label}."
+    reasons, _ = check_cot(scene, Draft("exercise", "?", (label,), label, think, ()), DataSpec(), SegmentLimits())
+    found = [r for r in reasons if r in ("cites_absent_event", "seg_misplaced")]
+    if set(reasons) - set(found):
+        raise ValueError(f"case {span} {label!r} trips other checks too: {reasons}")
+    return found[0] if found else "ok"
+
+
+# (scene seed, cited span, the label the clause names)
+CITATION_CASES = [
+    (105, (16.4, 16.7), "C5 tone"),  # the exact span
+    (105, (16.0, 16.7), "C5 tone"),  # IoU 0.43: close enough
+    (105, (20.0, 21.0), "C5 tone"),  # the wrong place
+    (105, (8.1, 9.6), "E6 tone"),  # no E6 tone in this clip
+    (105, (9.2, 10.0), "G4 tone"),  # IoU 0.21 < 0.3
+    (105, (4.7, 5.5), "3 knocks"),  # the span of the 4 knocks
+    (99, (9.7, 12.4), "C6 tone"),  # two C6 tones: the best match counts
+    (99, (0.2, 2.0), "c6 tone"),  # labels match case-insensitively
+]
+
+
+def check_cited_span(student: Callable) -> bool | str:
+    """Exercise (notebook 02): the filter on one cited span, `student(scene, span, label)` -> 'ok',
+    'cites_absent_event' (no event with that label in the clip) or 'seg_misplaced' (IoU with every
+    event of that label below DataSpec.cite_iou). Reference: `echo_lite.data.filters.check_cot`."""
+    from echo_lite.data.world import sample_scene
+
+    scenes = {seed: sample_scene(seed) for seed in {c[0] for c in CITATION_CASES}}
+    cases = [(scenes[seed], span, label) for seed, span, label in CITATION_CASES]
+    labels = [f"({scenes[seed].scene_id}: <seg>{a:.1f}, {b:.1f}</seg> cited as {label!r})"
+              for seed, (a, b), label in CITATION_CASES]
+    return check_function("cited span", student, reference_cited_span, cases, labels=labels,
+                          hint=f"events whose label equals the cited one (case-insensitive): none -> "
+                               f"'cites_absent_event'; best IoU with them < cite_iou = {DataSpec().cite_iou} -> "
+                               f"'seg_misplaced'; otherwise 'ok'")

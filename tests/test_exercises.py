@@ -72,3 +72,83 @@ def test_span_choice_checker():
         ex.check_span_choice((12.0, 12.1), decisive, 20.0)
     with pytest.raises(ex.ExerciseError, match="the clip"):
         ex.check_span_choice((19.0, 25.0), decisive, 20.0)
+
+
+def test_audio_share_checker():
+    import torch
+
+    from echo_lite.attention import audio_share
+
+    assert ex.check_audio_share(audio_share) is True
+    assert ex.check_audio_share(_todo) == ex.NOT_ATTEMPTED
+
+    def no_division(attentions, mask):  # assumes every row sums to 1
+        return torch.stack([(a * mask[:, None, None, :]).sum(-1) for a in attentions]).mean(dim=(0, 2))
+
+    with pytest.raises(ex.ExerciseError, match=r"audio share: case 3 .*rows not summing to 1\): expected "
+                                               r"\[\[1.0, 1.0, 1.0, 0.86833, 0.608831\]\], got \[\[0.99.*Hint: .*row's total"):
+        ex.check_audio_share(no_division)
+
+    def over_keys(attentions, mask):  # averages over the keys instead of the heads: wrong shape
+        return torch.stack([(a * mask[:, None, None, :]).sum(-1) for a in attentions]).mean(dim=(0, 3))
+
+    with pytest.raises(ex.ExerciseError, match=r"case 0 \(1 layer\(s\) of shape \(B=1, H=1, Q=4, K=4\).*expected "
+                                               r"\[\[1.0, 1.0, 0.5.*got \[\[0.77"):
+        ex.check_audio_share(over_keys)
+
+
+def _tone_at(scene, t):
+    return next(e for e in scene.events if e.kind == "tone" and e.onset <= t < e.offset)
+
+
+def test_oracle_span_checker():
+    assert ex.check_oracle_span(lambda scene, t: _tone_at(scene, t).span) is True
+    assert ex.check_oracle_span(_todo) == ex.NOT_ATTEMPTED
+    with pytest.raises(ex.ExerciseError, match=r"oracle span: case 0 \(scene-00000105, .*heard at 16.5 s\?'\): "
+                                               r"expected \(16.4, 16.7\), got \(16.0, 17.0\)"):
+        ex.check_oracle_span(lambda scene, t: (t - 0.5, t + 0.5))  # a window around t, not the event
+    with pytest.raises(ex.ExerciseError, match=r"case 0 .*expected \(16.4, 16.7\), got \(8.1, 9.6\)"):
+        ex.check_oracle_span(lambda scene, t: next(e.span for e in scene.events if e.kind == "tone"))
+
+
+def test_tone_think_checker():
+    def teacher(scene, t, sep=", this"):
+        e = _tone_at(scene, t)
+        return f"The question is about {t} seconds, so I listen to <seg>{e.onset:.1f}, {e.offset:.1f}</seg>{sep} is the {e.label}."
+
+    assert ex.check_tone_think(teacher) is True
+    assert ex.check_tone_think(_todo) == ex.NOT_ATTEMPTED
+    with pytest.raises(ex.ExerciseError, match=r"teacher think: case 0 .*to rl \(cot:seg_starts_new_sentence\); "
+                                               r"expected sft\. The reference writes"):
+        ex.check_tone_think(lambda scene, t: teacher(scene, t, sep=". This"))
+    with pytest.raises(ex.ExerciseError, match=r"cites \[\(16.4, 16.6\)\], expected the tone's exact span \(16.4, 16.7\)"):
+        ex.check_tone_think(lambda scene, t: f"I listen to <seg>{t - 0.1:.1f}, {t + 0.1:.1f}</seg>, this is the "
+                                             f"{_tone_at(scene, t).label}.")
+    with pytest.raises(ex.ExerciseError, match="expected a str, got tuple"):
+        ex.check_tone_think(lambda scene, t: _tone_at(scene, t).span)
+
+
+def test_cited_span_checker():
+    assert ex.check_cited_span(ex.reference_cited_span) is True
+    assert ex.check_cited_span(_todo) == ex.NOT_ATTEMPTED
+
+    def first_event_only(scene, span, label):  # ignores a second event with the same label
+        events = [e for e in scene.events if e.label.lower() == label.lower()]
+        if not events:
+            return "cites_absent_event"
+        return "ok" if segment_iou(span, events[0].span) >= 0.3 else "seg_misplaced"
+
+    with pytest.raises(ex.ExerciseError, match=r"cited span: case 6 \(scene-00000099: <seg>9.7, 12.4</seg> cited as "
+                                               r"'C6 tone'\): expected 'ok', got 'seg_misplaced'"):
+        ex.check_cited_span(first_event_only)
+    with pytest.raises(ex.ExerciseError, match=r"case 2 .*<seg>20.0, 21.0</seg>.*expected 'seg_misplaced', got 'ok'"):
+        ex.check_cited_span(lambda scene, span, label: "ok")
+
+    def case_sensitive(scene, span, label):
+        events = [e for e in scene.events if e.label == label]
+        if not events:
+            return "cites_absent_event"
+        return "ok" if max(segment_iou(span, e.span) for e in events) >= 0.3 else "seg_misplaced"
+
+    with pytest.raises(ex.ExerciseError, match=r"case 7 .*'c6 tone'\): expected 'ok', got 'cites_absent_event'"):
+        ex.check_cited_span(case_sensitive)
