@@ -10,7 +10,12 @@ answer (an event label or a count), in four families:
   words up to `<seg>a, b</seg>`, the clip cut at [a, b] inserted, and ", this is the" ->
   the label of what that clip holds (what the interleaved runtime will produce);
 - `onepass`: a long scene (5-30 s) and a question answered directly (event at a time,
-  knocks in a span, what follows an event) - hard for a small model in one pass.
+  knocks in a span, what follows an event) - hard for a small model in one pass;
+- `span`: a long scene and a question, the teacher's words up to the first number, then
+  the model writes the rest of the first cited clause: the question's time copied and
+  the event's span (`9.6 seconds, so I listen to <seg>9.5, 11.9</seg>`). Copying a
+  time out of the question is what SFT alone did not teach the tiny model (600 steps:
+  it wrote "1.3 seconds" for every question).
 
 Questions, spans and the teacher's wording come from `data/questions.py` (one place).
 Loss and scoring are on the answer tokens only; an item counts as correct when greedy
@@ -133,6 +138,21 @@ def onepass_item(seed: int, rng: np.random.Generator, qtype: str, seconds: tuple
                       "labels": [e.label for e in scene.events], "duration": scene.duration})
 
 
+def span_item(seed: int, rng: np.random.Generator, qtype: str, seconds: tuple[float, float],
+              data: DataSpec) -> Item:
+    """Scene + question; the teacher's reasoning up to its first number is given, the model
+    writes from there to the end of the first `</seg>` (a time copied, a span localised)."""
+    scene, draft, used = _scene_with(qtype, seed, rng, seconds, data)
+    think = draft.think
+    first_digit = next((i for i, ch in enumerate(think) if ch.isdigit()), None)
+    close = think.find(SEG_CLOSE)
+    if first_digit is None or close < first_digit:
+        raise PerceptionError(f"{qtype}: teacher text {think!r} has no number before its first '{SEG_CLOSE}'")
+    return Item("span", draft.question, (render_scene(scene, data),), 1, think[first_digit:close + len(SEG_CLOSE)],
+                assistant_prefix=THINK_OPEN + think[:first_digit], end_turn=False,
+                meta={"qtype": qtype, "seed": used, "spans": draft.decisive_spans, "duration": scene.duration})
+
+
 def split_teacher_clause(think: str, label: str) -> tuple[str, str]:
     """The teacher's first clause around `</seg>`: (text up to and with `</seg>`, words before the label).
 
@@ -235,6 +255,8 @@ def training_batch(step: int, seed: int, spec: PretrainSpec, data: DataSpec) -> 
             items.append(relisten_item(s, rng, seconds, data, cite=cite, qtype=qtype))
         elif task == "onepass":
             items.append(onepass_item(s, rng, _weighted(rng, spec.onepass_qtypes), seconds, data))
+        elif task == "span":
+            items.append(span_item(s, rng, _weighted(rng, spec.span_qtypes), seconds, data))
         else:
             raise PerceptionError(f"unknown task family {task!r} in PretrainSpec.task_weights")
     return items

@@ -25,6 +25,7 @@ from echo_lite.perception import (
     rows_correct,
     run_probes,
     score_items,
+    span_item,
     split_teacher_clause,
     training_batch,
 )
@@ -195,3 +196,28 @@ def test_resume_refuses_a_state_from_other_settings(tmp_path):
     pretrain(preset, seed=0, out=tmp_path, final_eval=False, stop_after=1, log=lambda s: None)
     with pytest.raises(PretrainError, match="train_state"):
         pretrain(preset, seed=1, out=tmp_path, final_eval=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("qtype", [q for q, _ in TINY.pretrain.span_qtypes])
+def test_span_items_ask_for_the_copied_time_and_the_cited_span(qtype, collate):
+    """The `span` family: the teacher's words up to its first number are given; the target is
+    the rest of the first cited clause - the question's time (copied) and a span that holds
+    the asked event."""
+    import re
+
+    from echo_lite.config import THINK_OPEN
+    from echo_lite.segments import parse_segments
+
+    it = span_item(11, np.random.default_rng(0), qtype, (8.0, 12.0), TINY.data)
+    assert it.task == "span" and not it.end_turn and len(it.clips) == 1
+    assert it.assistant_prefix.startswith(THINK_OPEN) and not re.search(r"\d", it.assistant_prefix)
+    assert it.answer[0].isdigit() and it.answer.endswith(SEG_CLOSE)
+    tags = parse_segments(it.answer if "<seg>" in it.answer else "<seg>" + it.answer)
+    assert tags and tags[0].ok and tags[0].span in [tuple(s) for s in it.meta["spans"]]
+    times = re.findall(r"\d+\.\d", it.question)
+    if times:  # a time in the question: the answer starts by copying it
+        assert it.answer.startswith(times[0])
+    prompt, answer = collate.encode(it)
+    assert collate.tok.decode(answer) == it.answer  # the whole clause is the target, nothing more
+    full = collate.tok(it.user_text() + it.assistant_prefix + it.answer, add_special_tokens=False).input_ids
+    assert prompt + answer == full  # given and target tokenise as the SFT response would
