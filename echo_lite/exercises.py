@@ -330,3 +330,178 @@ def check_cited_span(student: Callable) -> bool | str:
                           hint=f"events whose label equals the cited one (case-insensitive): none -> "
                                f"'cites_absent_event'; best IoU with them < cite_iou = {DataSpec().cite_iou} -> "
                                f"'seg_misplaced'; otherwise 'ok'")
+
+
+# --------------------------------------------------------------------------------------
+# Notebook 06: the benchmarks' own matching rule, and MMAR's average.
+# --------------------------------------------------------------------------------------
+_WEATHER = ("rain", "thunder", "wind")
+_TONES = ("C4 tone", "C5 tone", "E6 tone")
+STRING_MATCH_CASES = [
+    ("rain", "rain", _WEATHER),
+    ("thunder", "The answer is Thunder.", _WEATHER),  # case and punctuation do not matter
+    ("rain", "rain or thunder", _WEATHER),  # also names a wrong option: wrong
+    ("rain", "I cannot tell", _WEATHER),  # matches no option: wrong, no fallback to the first option
+    ("rain", "", _WEATHER),  # no prediction
+    ("C4 tone", "c4 tone", _TONES),  # 'tone' is shared with the answer: not a wrong option's word
+    ("C4 tone", "a tone", _TONES),  # 'c4' missing
+    ("C4 tone", "C5", _TONES),
+    ("spoken four", "four", ("spoken four", "spoken five", "noise burst")),
+    ("G major melody", "G-major melody!", ("G major melody", "G minor melody")),
+]
+
+
+def check_string_match(student: Callable[[str, str, Sequence[str]], bool]) -> bool | str:
+    """Exercise (notebook 06): MMAU's `string_match` rule, which MMAR's scorer reuses:
+    `student(answer, prediction, choices)` -> True when the prediction's words include every word of the
+    answer and none of the words that only a wrong option has. Reference: `echo_lite.scoring.string_match`."""
+    from echo_lite.scoring import string_match
+
+    return check_function("string match", lambda a, p, c: bool(student(a, p, c)), string_match,
+                          STRING_MATCH_CASES,
+                          hint="lower-case words (regex \\b\\w+\\b); all answer words in the prediction, no word that "
+                               "only a wrong option has; an empty or unmatched prediction is wrong (no fallback to "
+                               "the first option)")
+
+
+def _mmar_results(seed: int, sizes: dict[str, int], p_correct: float) -> list[tuple[str, bool]]:
+    """Per-item (modality, correct) results with `sizes[g]` items in group g (a fixed draw)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [(g, bool(rng.random() < p_correct)) for g, n in sizes.items() for _ in range(n)]
+
+
+# (seed, items per modality group, share correct)
+MMAR_CASES = [
+    (0, {"sound": 8, "music": 2, "speech": 5, "sound-music": 1, "sound-speech": 3, "music-speech": 4,
+         "sound-music-speech": 6}, 0.5),  # uneven groups: macro != micro
+    (1, {"sound": 10, "music": 1, "speech": 3}, 0.6),  # only three groups have items
+    (2, {"sound": 2, "music": 2, "speech": 2, "sound-music": 2, "sound-speech": 2, "music-speech": 2,
+         "sound-music-speech": 2}, 1.0),  # all correct
+    (3, {"speech": 7, "sound-music-speech": 1}, 0.3),
+    (4, {"music": 12, "sound-speech": 2, "music-speech": 5}, 0.7),
+]
+
+
+def reference_mmar_macro(results: Sequence[tuple[str, bool]]) -> float:
+    """MMAR's "Avg" (%) for per-item (modality, correct) results, through the official path: an
+    `MMAR-meta.jsonl` file, a prediction file (`answer_prediction`) and `echo_lite.scoring.score_mmar`."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from echo_lite.scoring import load_mmar, score_mmar, write_predictions
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        rows, preds = [], {}
+        for i, (group, correct) in enumerate(results):
+            rows.append({"id": f"m{i}", "audio_path": f"./audio/{i}.wav", "question": "?",
+                         "choices": ["rain", "thunder"], "answer": "rain", "modality": group,
+                         "category": "x", "sub-category": "x", "language": "en"})
+            preds[f"m{i}"] = "rain" if correct else "thunder"
+        (root / "MMAR-meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return score_mmar(write_predictions(load_mmar(root), preds, root / "pred.jsonl", "mmar"))["macro"]
+
+
+def _mmar_label(results: Sequence[tuple[str, bool]]) -> str:
+    from echo_lite.scoring import MMAR_MODALITIES
+
+    parts = [f"{g} {sum(ok for h, ok in results if h == g)}/{sum(h == g for h, _ in results)}"
+             for g in MMAR_MODALITIES if any(h == g for h, _ in results)]
+    return f"({len(results)} items; correct per group: {', '.join(parts)})"
+
+
+def _real(x):
+    """A numpy or torch scalar as a plain Python number, so that messages read `37.9`, not
+    `np.float64(37.9)`; anything else as it is."""
+    if hasattr(x, "item") and not isinstance(x, (list, tuple)):
+        try:
+            return x.item()
+        except (ValueError, RuntimeError):  # not a single number: leave it for the comparison to reject
+            return x
+    return x
+
+
+def check_mmar_macro(student: Callable[[list], float]) -> bool | str:
+    """Exercise (notebook 06): `student(results)` -> MMAR's "Avg" in % from per-item `(modality, correct)`
+    pairs: the accuracy of each modality group that has items, then the unweighted mean of those groups.
+    Reference: `echo_lite.scoring.score_mmar`'s `macro`."""
+    cases = [(_mmar_results(*c),) for c in MMAR_CASES]
+    return check_function("MMAR macro average", lambda r: _real(student(r)), reference_mmar_macro, cases, tol=1e-6,
+                          labels=[_mmar_label(c[0]) for c in cases],
+                          hint="accuracy (%) per modality group with items, then their unweighted mean; the "
+                               "mean over all items is the micro average, which weights large groups more")
+
+
+# --------------------------------------------------------------------------------------
+# Notebook 07: what a recipe costs in memory, and what a re-listen costs in context.
+# --------------------------------------------------------------------------------------
+# (label, total params, trainable params, weight bytes, AdamW state bytes, master-copy bytes)
+MEMORY_CASES = [
+    ("omni-3b full FT, bf16 weights and AdamW states", 4.70e9, 3.397e9, 2, 2, 0),
+    ("omni-3b LoRA r=16, bf16", 4.70e9, 29.9e6, 2, 2, 0),
+    ("omni-7b full FT, classic mixed precision (fp32 master and states)", 8.93e9, 7.62e9, 2, 4, 4),
+    ("omni-7b LoRA r=16, bf16", 8.93e9, 40.4e6, 2, 2, 0),
+    ("omni-7b, nothing trained (inference)", 8.93e9, 0, 2, 2, 0),
+    ("tiny full FT of the language model, fp32", 881_728, 736_192, 4, 4, 0),
+]
+
+
+def check_training_memory(student: Callable[..., float]) -> bool | str:
+    """Exercise (notebook 07): `student(total, trainable, weight_bytes, state_bytes, master_bytes)` -> the
+    GiB a training step holds before activations: every weight, plus per trainable weight its gradient,
+    AdamW's two moments and the master copy. Reference: `echo_lite.model.estimate_training_memory_gib`."""
+    from echo_lite.model import estimate_training_memory_gib
+
+    cases = [c[1:] for c in MEMORY_CASES]
+    labels = [f"({c[0]}: {c[1]:,.0f} weights, {c[2]:,.0f} trainable, {c[3]} B/weight, {c[4]} B/state, "
+              f"{c[5]} B master)" for c in MEMORY_CASES]
+    return check_function("training memory", lambda *c: _real(student(*c)), estimate_training_memory_gib, cases, tol=1e-4,
+                          labels=labels,
+                          hint="bytes = total * weight_bytes + trainable * (weight_bytes + 2 * state_bytes + "
+                               "master_bytes); 1 GiB = 2**30 bytes, not 1e9")
+
+
+# (clip seconds, requested spans in the order the model writes them)
+CONTEXT_CASES = [
+    (10.0, []),
+    (10.0, [(2.0, 5.0)]),
+    (30.0, [(1.0, 2.5), (12.3, 15.0)]),
+    (10.0, [(8.0, 12.0)]),  # the end is clamped to the clip
+    (10.0, [(3.0, 3.1), (4.0, 4.25)]),  # under 0.2 s: not inserted
+    (10.0, [(11.0, 12.0), (5.0, 4.0)]),  # past the end, reversed: not inserted
+    (20.0, [(float(i), i + 0.5) for i in range(10)]),  # at most 8 clips
+    (7.3, [(0.05, 0.33), (6.01, 7.29)]),
+]
+
+
+def reference_context_audio_tokens(clip_seconds: float, spans: Sequence[tuple[float, float]]) -> int:
+    """Audio placeholder tokens in the context once an answer has re-listened to `spans`: the question's
+    clip, then each clip the runtime inserts (`validate_segment` with `SegmentLimits`, cut by `cut_span`),
+    as `InterleavedGenerator` counts them."""
+    import numpy as np
+
+    from echo_lite.audio import cut_span
+    from echo_lite.segments import validate_segment
+
+    wav = np.zeros(int(round(clip_seconds * SAMPLE_RATE)), dtype=np.float32)
+    limits = SegmentLimits()
+    total, accepted = audio_token_count(len(wav)), 0
+    for span in spans:
+        dec = validate_segment(tuple(span), clip_seconds, accepted, limits)
+        if dec.accepted:
+            accepted += 1
+            total += audio_token_count(len(cut_span(wav, *dec.applied, min_s=limits.min_clip_s)))
+    return total
+
+
+def check_context_audio_tokens(student: Callable[[float, list], int]) -> bool | str:
+    """Exercise (notebook 07): `student(clip_seconds, spans)` -> how many audio tokens the context holds
+    after the question's clip and the re-listened spans the runtime accepts."""
+    return check_function("context audio tokens", lambda s, sp: _real(student(s, sp)), reference_context_audio_tokens, CONTEXT_CASES,
+                          hint="audio_token_count(samples) for the clip, plus one per accepted span: at most "
+                               f"{SegmentLimits().max_clips} spans, the end clamped to the clip, nothing for a span "
+                               f"under {SegmentLimits().min_clip_s} s, reversed or starting past the end; a span's "
+                               "samples are round(end * 16000) - round(start * 16000)")

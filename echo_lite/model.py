@@ -219,6 +219,28 @@ def count_parameters(model) -> dict[str, int]:
     return parts
 
 
+GIB = 1024 ** 3
+
+
+def estimate_training_memory_gib(total_params: float, trainable_params: float, weight_bytes: int = 2,
+                                 state_bytes: int = 2, master_bytes: int = 0) -> float:
+    """GiB that a training step holds for the model itself, before activations:
+
+    - every weight, frozen or not: `total_params * weight_bytes`;
+    - per trainable weight: its gradient (`weight_bytes`), AdamW's two moments (`2 * state_bytes`)
+      and, in classic mixed precision, an fp32 master copy (`master_bytes`, 4; 0 when the optimizer
+      updates the bf16 weights directly, as the presets' runs do).
+
+    The classic recipe (bf16 weights, fp32 master copy and moments: 2 + 2 + 4 + 8 = 16 bytes per
+    trainable weight) is `state_bytes=4, master_bytes=4`. Activations depend on the batch and on
+    gradient checkpointing and are not included: the measured peaks in `benchmarks/results/` are higher.
+    """
+    if total_params < 0 or not 0 <= trainable_params <= total_params:
+        raise ValueError(f"need 0 <= trainable ({trainable_params}) <= total ({total_params})")
+    per_trainable = weight_bytes + 2 * state_bytes + master_bytes
+    return (total_params * weight_bytes + trainable_params * per_trainable) / GIB
+
+
 def apply_lora(model, sft: SFTSpec):
     """Wrap the thinker with LoRA adapters on the language model only (regex from the preset)."""
     from peft import LoraConfig, get_peft_model

@@ -1,6 +1,8 @@
 """Each exercise checker accepts the reference, rejects a wrong answer with a useful message,
 and reports an exercise not attempted yet without failing."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,91 @@ def test_cited_span_checker():
 
     with pytest.raises(ex.ExerciseError, match=r"case 7 .*'c6 tone'\): expected 'ok', got 'cites_absent_event'"):
         ex.check_cited_span(case_sensitive)
+
+
+def test_string_match_checker():
+    from echo_lite.scoring import string_match
+
+    assert ex.check_string_match(string_match) is True
+    assert ex.check_string_match(_todo) == ex.NOT_ATTEMPTED
+
+    def first_option_fallback(answer, prediction, choices):  # the Echo authors' matcher
+        if any(string_match(c, prediction, choices) for c in choices):
+            return string_match(answer, prediction, choices)
+        return answer == choices[0]
+
+    with pytest.raises(ex.ExerciseError, match=r"string match: case 2 \('rain', 'rain or thunder', .*\): expected "
+                                               r"False, got True\. Hint: .*no fallback to the first option"):
+        ex.check_string_match(first_option_fallback)
+    with pytest.raises(ex.ExerciseError, match=r"case 3 \('rain', 'I cannot tell'.*expected False, got True"):
+        ex.check_string_match(lambda a, p, c: not any(o.lower() in p.lower() for o in c if o != a))  # no answer check
+    def any_answer_word(answer, prediction, choices):  # one answer word is enough: 'a tone' passes for 'C4 tone'
+        words = lambda t: set(re.findall(r"\w+", t.lower()))  # noqa: E731
+        wrong = set().union(*(words(c) for c in choices if c != answer)) - words(answer)
+        return bool(words(answer) & words(prediction)) and words(prediction).isdisjoint(wrong)
+
+    with pytest.raises(ex.ExerciseError, match=r"case 6 \('C4 tone', 'a tone'.*expected False, got True"):
+        ex.check_string_match(any_answer_word)
+
+
+def test_mmar_macro_checker():
+    def macro(results):
+        groups = sorted({g for g, _ in results})
+        return sum(100 * np.mean([ok for h, ok in results if h == g]) for g in groups) / len(groups)
+
+    assert ex.check_mmar_macro(macro) is True
+    assert ex.check_mmar_macro(_todo) == ex.NOT_ATTEMPTED
+    with pytest.raises(ex.ExerciseError, match=r"MMAR macro average: case 0 \(29 items; correct per group: sound 3/8, "
+                                               r".*\): expected 43.214.*, got 37.93.*Hint: .*micro average"):
+        ex.check_mmar_macro(lambda results: 100 * np.mean([ok for _, ok in results]))  # the micro average
+
+    def over_all_seven(results):  # divides by 7 even when a group has no items
+        return sum(100 * np.mean([ok for h, ok in results if h == g]) for g in {g for g, _ in results}) / 7
+
+    with pytest.raises(ex.ExerciseError, match=r"case 1 \(14 items; correct per group: sound 7/10, music 0/1, "
+                                               r"speech 2/3\): expected 45.55.*, got 19.52"):
+        ex.check_mmar_macro(over_all_seven)
+
+
+def test_training_memory_checker():
+    from echo_lite.model import estimate_training_memory_gib
+
+    assert ex.check_training_memory(estimate_training_memory_gib) is True
+    assert ex.check_training_memory(_todo) == ex.NOT_ATTEMPTED
+
+    def in_gb(total, trainable, wb, sb, mb):  # 1e9 bytes, not 2**30
+        return (total * wb + trainable * (wb + 2 * sb + mb)) / 1e9
+
+    with pytest.raises(ex.ExerciseError, match=r"training memory: case 0 \(omni-3b full FT, bf16 weights and AdamW "
+                                               r"states: 4,700,000,000 weights, 3,397,000,000 trainable.*\): expected "
+                                               r"27.73.*, got 29.78.*Hint: .*2\*\*30 bytes"):
+        ex.check_training_memory(in_gb)
+
+    def one_moment(total, trainable, wb, sb, mb):  # forgets AdamW's second moment
+        return (total * wb + trainable * (wb + sb + mb)) / 2**30
+
+    with pytest.raises(ex.ExerciseError, match=r"case 0 .*expected 27.73.*, got 21.40"):
+        ex.check_training_memory(one_moment)
+
+
+def test_context_audio_tokens_checker():
+    assert ex.check_context_audio_tokens(ex.reference_context_audio_tokens) is True
+    assert ex.check_context_audio_tokens(_todo) == ex.NOT_ATTEMPTED
+
+    def every_span(seconds, spans):  # inserts every span as written: no validation, no clamping
+        return audio_token_count(int(seconds * 16000)) + sum(audio_token_count(int((b - a) * 16000)) for a, b in spans)
+
+    with pytest.raises(ex.ExerciseError, match=r"context audio tokens: case 3 \(10.0, \[\(8.0, 12.0\)\]\): expected "
+                                               r"300, got 350\. Hint: .*clamped"):
+        ex.check_context_audio_tokens(every_span)
+
+    def no_cap(seconds, spans):  # validates each span but forgets the 8-clip cap
+        total = audio_token_count(round(seconds * 16000))
+        for a, b in spans:
+            b = min(b, seconds)
+            if a < seconds and b - a >= 0.2 - 1e-9:
+                total += audio_token_count(round(b * 16000) - round(a * 16000))
+        return total
+
+    with pytest.raises(ex.ExerciseError, match=r"case 6 \(20.0, .*\): expected 596, got 620"):
+        ex.check_context_audio_tokens(no_cap)

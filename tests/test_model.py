@@ -133,3 +133,19 @@ def test_full_size_architectures_have_the_real_sizes(tiny_tokenizer, preset, lm_
     assert lm_billions[0] < counts["language_model"] / 1e9 < lm_billions[1]
     assert 0.6 < counts["audio_tower"] / 1e9 < 0.7  # the Whisper-large-sized audio encoder
     assert model.lm_head.weight.shape[0] == FULL_SIZE_ARCH[preset]["vocab"]
+
+
+def test_training_memory_estimate():
+    from echo_lite.model import estimate_training_memory_gib
+
+    # the classic mixed-precision recipe: 2 (weights) + 2 (grads) + 4 (master) + 8 (AdamW) = 16 bytes per weight
+    assert estimate_training_memory_gib(2**30, 2**30, state_bytes=4, master_bytes=4) == pytest.approx(16.0)
+    # frozen weights cost only their own bytes
+    assert estimate_training_memory_gib(2**30, 0) == pytest.approx(2.0)
+    # bf16 everything, as the presets' runs: 2 (weights) + 2 (grads) + 4 (AdamW) = 8 bytes per trainable weight
+    assert estimate_training_memory_gib(2**30, 2**29) == pytest.approx(2.0 + 3.0)
+    # below the measured 3B peaks (activations come on top): full FT 34.66 GiB, LoRA 10.87 GiB
+    assert 25 < estimate_training_memory_gib(4.70e9, 3.397e9) < 34.66
+    assert 8 < estimate_training_memory_gib(4.70e9, 29.9e6) < 10.87
+    with pytest.raises(ValueError, match="trainable"):
+        estimate_training_memory_gib(10, 11)
