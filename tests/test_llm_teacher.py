@@ -274,7 +274,9 @@ def test_synth_stage_with_the_llm_teacher_and_judge(tmp_path):
         stats = run(tmp_path / "d", "tiny", n=16, seed=2, teacher="llm", llm_url=server.url, llm_model="fake-r1",
                     judge=True, workers=2, progress=False)
         calls = sum(server.calls.values())
-        assert calls >= 16 * 2 - stats["items"]["dropped"]  # a teacher call and a judge call per item
+        judged = len((tmp_path / "d" / "judge_llm.jsonl").read_text().splitlines())
+        assert 0 < judged <= 16
+        assert calls == 16 + judged  # a teacher call per item, a judge call per distinct content
         assert run(tmp_path / "d", "tiny", n=16, seed=2, teacher="llm", llm_url=server.url, llm_model="fake-r1",
                    judge=True, workers=2, progress=False) == stats
         assert sum(server.calls.values()) == calls  # the re-run is served from the stores

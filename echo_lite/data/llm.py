@@ -355,9 +355,11 @@ class LLMJudge:
         return verdict
 
     def prefetch(self, jobs: Sequence[tuple[str, Draft]]) -> None:
-        """Judge many (simulation, draft) pairs concurrently; later calls read the store."""
+        """Judge many (simulation, draft) pairs concurrently; later calls read the store. Identical
+        contents are asked once: sent together, two workers would both miss the store."""
+        unique = {_sha(self.messages(*job)): job for job in jobs}
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            list(pool.map(lambda job: self._judge(*job), jobs))
+            list(pool.map(lambda job: self._judge(*job), unique.values()))
 
     def __call__(self, scene: Scene, simulation: str, draft: Draft) -> dict:
         return self._judge(simulation, draft)
