@@ -42,8 +42,10 @@ def course_data(spec: CourseSpec = COURSE) -> Path:
 
 
 def _shipped(stage: str) -> Path | None:
+    from echo_lite.pipeline import is_model_dir
+
     path = SHIPPED[stage]
-    return path if (path / "model.safetensors").exists() or (path / "adapter_config.json").exists() else None
+    return path if is_model_dir(path) else None
 
 
 def course_sft(spec: CourseSpec = COURSE) -> Path:

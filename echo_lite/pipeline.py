@@ -45,7 +45,7 @@ def run_data(run_dir: Path, preset: Preset) -> Path:
 
 def run_sft_stage(run_dir: Path, data: Path, preset: Preset, steps: int | None = None) -> Path:
     final = run_dir / "sft" / "final"
-    if not _is_model_dir(final):
+    if not is_model_dir(final):
         items = sft_items(data / "sft")
         steps = steps or int(preset.demo.sft_epochs * steps_per_epoch(len(items), preset))
         _stage(f"sft: {len(items)} items, {steps} steps")
@@ -56,7 +56,7 @@ def run_sft_stage(run_dir: Path, data: Path, preset: Preset, steps: int | None =
 def run_grpo_stage(run_dir: Path, name: str, data: Path, preset: Preset, init: Path | None) -> Path:
     out = run_dir / name
     final = out / "final"
-    if not _is_model_dir(final):
+    if not is_model_dir(final):
         _stage(f"grpo ({name}): {preset.demo.grpo_steps} steps")
         lm = load_sft_model(init, preset) if init else load_preset_model(preset)
         lm.preset = preset
@@ -64,7 +64,7 @@ def run_grpo_stage(run_dir: Path, name: str, data: Path, preset: Preset, init: P
     return final
 
 
-def _is_model_dir(path: Path) -> bool:
+def is_model_dir(path: Path) -> bool:
     """A finished stage: a LoRA adapter or a full model was saved there."""
     return (path / "adapter_config.json").exists() or (path / "model.safetensors").exists()
 
