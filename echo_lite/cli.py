@@ -87,12 +87,19 @@ def _cmd_probe(args) -> int:
     return 0
 
 
-def _cmd_sft(args) -> int:
+def sft_preset(args):
+    """The preset `sft` trains with: flags override it only when given, so that
+    `echo-lite sft --preset tiny` trains as the demo does."""
     from echo_lite.config import get_preset
+
+    sft = {k: v for k, v in (("use_lora", args.lora), ("insert_cited_clips", args.insert_clips)) if v is not None}
+    return get_preset(args.preset).with_overrides(sft=sft)
+
+
+def _cmd_sft(args) -> int:
     from echo_lite.sft import run_sft, sft_items
 
-    preset = get_preset(args.preset).with_overrides(sft={"use_lora": not args.full,
-                                                         "insert_cited_clips": args.insert_clips})
+    preset = sft_preset(args)
     overrides = {k: v for k, v in (("max_steps", args.max_steps), ("num_train_epochs", args.epochs)) if v is not None}
     split = f"{args.data}/sft"
     final = run_sft(sft_items(split), split, args.out, preset, base=args.base, **overrides)
@@ -211,13 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", help="also write the results to this JSON file")
     pr.set_defaults(func=_cmd_probe)
 
-    f = sub.add_parser("sft", help="stage 1: fine-tune on DIR/sft (LoRA by default) so the model cites spans")
+    f = sub.add_parser("sft", help="stage 1: fine-tune on DIR/sft (LoRA or full, as the preset says) so the model cites spans")
     f.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     f.add_argument("--data", required=True, help="the synth output directory (reads DATA/sft)")
     f.add_argument("--out", required=True, help="run directory (checkpoints; a re-run resumes)")
     f.add_argument("--base", help="start from this checkpoint instead of the preset's base")
-    f.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    f.add_argument("--insert-clips", action="store_true", help="insert each cited clip after its </seg> (masked)")
+    kind = f.add_mutually_exclusive_group()
+    kind.add_argument("--lora", dest="lora", action="store_const", const=True, default=None,
+                      help="LoRA on the language model (default: the preset's choice)")
+    kind.add_argument("--full", dest="lora", action="store_const", const=False, help="full fine-tuning")
+    f.add_argument("--insert-clips", action=argparse.BooleanOptionalAction, default=None,
+                   help="insert each cited clip after its </seg>, masked from the loss (default: the preset's)")
     f.add_argument("--max-steps", type=int)
     f.add_argument("--epochs", type=float)
     f.set_defaults(func=_cmd_sft)

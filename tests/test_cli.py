@@ -31,3 +31,19 @@ def test_demo_runs_the_whole_pipeline_small(tmp_path):
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["seconds_per_answer"] > 0
     assert "SFT+GRPO interleaved (Echo)" in out.stdout  # the printed table
+
+
+def test_sft_flags_override_the_preset_only_when_given():
+    from echo_lite.cli import build_parser, sft_preset
+
+    def spec(*flags):
+        return sft_preset(build_parser().parse_args(["sft", *flags, "--data", "d", "--out", "o"])).sft
+
+    tiny = spec("--preset", "tiny")  # the tiny preset trains all weights, cited clips inserted
+    assert (tiny.use_lora, tiny.insert_cited_clips) == (False, True)
+    assert spec("--preset", "tiny", "--lora", "--no-insert-clips").use_lora is True
+    assert spec("--preset", "tiny", "--no-insert-clips").insert_cited_clips is False
+    big = spec("--preset", "omni-3b")
+    assert (big.use_lora, big.insert_cited_clips) == (True, False)
+    assert spec("--preset", "omni-3b", "--full", "--insert-clips").use_lora is False
+    assert spec("--preset", "omni-3b", "--insert-clips").insert_cited_clips is True
