@@ -20,7 +20,7 @@ import torch
 
 from echo_lite.audio import AudioFeaturizer, audio_token_count, cut_span, load_audio
 from echo_lite.config import IM_END, SEG_CLOSE, Preset, get_preset
-from echo_lite.model import apply_lora, freeze_audio_tower, load_preset_model
+from echo_lite.model import apply_lora, expand_text_depth, freeze_audio_tower, load_preset_model
 from echo_lite.prompts import audio_insert_text, build_prompt
 from echo_lite.segments import parse_segments, validate_segment
 
@@ -182,7 +182,7 @@ def run_sft(items: list[dict], data_root: str | Path, out_dir: str | Path, prese
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(preset.sft.seed)  # LoRA's initial weights come from the global RNG: a re-run must match
-    lm = load_preset_model(preset, base)
+    lm = load_sft_base(preset, base)
     model = lm.model
     if preset.sft.freeze_audio_tower:
         freeze_audio_tower(model)
@@ -210,12 +210,22 @@ def run_sft(items: list[dict], data_root: str | Path, out_dir: str | Path, prese
     return final
 
 
+def load_sft_base(preset: str | Preset = "tiny", base: str | Path | None = None):
+    """The model SFT starts from: the base (the preset's, or `base`), grown to
+    `SFTSpec.text_layers` blocks when the preset asks (an adapter is merged into the same)."""
+    preset = get_preset(preset)
+    lm = load_preset_model(preset, base)
+    if preset.sft.text_layers:
+        expand_text_depth(lm.model, preset.sft.text_layers)
+    return lm
+
+
 def _merged(adapter_dir: Path, preset: str | Preset, base: str | Path | None):
     from peft import PeftModel
 
     if not (adapter_dir / "adapter_config.json").exists():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter directory)")
-    lm = load_preset_model(preset, base)
+    lm = load_sft_base(preset, base)
     lm.model = PeftModel.from_pretrained(lm.model, str(adapter_dir)).merge_and_unload().eval()
     return lm
 

@@ -15,6 +15,7 @@ GRPO relies on; tested).
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -185,40 +186,36 @@ class TraceLogprobs:
 
 
 def trace_logprobs(model, traces: list[Trace], featurizer: AudioFeaturizer | None = None,
-                   temperature: float | None = None, pad_id: int = 0) -> TraceLogprobs:
-    """ONE teacher-forced forward over prompt + completion (with every clip's features)
-    of all `traces`; returns the sampled tokens' log-probs and the masks.
+                   temperature: float | None = None, pad_id: int = 0,
+                   share_prompts: bool = True) -> TraceLogprobs:
+    """The teacher-forced forward over prompt + completion (with every clip's features) of
+    all `traces`; returns the sampled tokens' log-probs and the masks.
 
     Gradients flow when enabled (GRPO's policy forward); `temperature` defaults to each
-    trace's own. Rows are right-padded; positions are counted per row.
+    trace's own. With `share_prompts`, traces of one prompt (GRPO's G rollouts) run that
+    prompt once and their completions attend to its KV cache, gradients flowing back
+    through it: the same log-probs as one forward over every full sequence, at a fraction
+    of the work (the prompt's audio is most of each sequence). Gradient checkpointing
+    cannot keep a cache, so it takes the one-forward path.
     """
     if not traces:
         raise ValueError("trace_logprobs needs at least one trace")
     thinker = unwrap_thinker(model)
     dev = thinker.lm_head.weight.device
-    seqs = [t.prompt_ids + t.completion_ids for t in traces]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        attn[i, :len(s)] = 1
-    ids, attn = ids.to(dev), attn.to(dev)
     featurizer = featurizer or AudioFeaturizer(thinker.config.audio_config.num_mel_bins)
-    clips = [c for t in traces for c in t.clips()]
-    audio = encode_audio(thinker, featurizer(clips)) if clips else None
-    emb = embed_with_audio(thinker, ids, audio)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    hidden = thinker.model(inputs_embeds=emb, attention_mask=attn, position_ids=mrope_positions(pos),
-                           use_cache=False, return_dict=True).last_hidden_state
+    checkpointing = getattr(thinker.model, "gradient_checkpointing", False) and torch.is_grad_enabled()
+    if share_prompts and not checkpointing:
+        states = _shared_prompt_states(thinker, traces, featurizer, dev)
+    else:
+        states = _full_sequence_states(thinker, traces, featurizer, dev, pad_id)
     T = max(len(t.completion_ids) for t in traces)
     inserted = torch.zeros((len(traces), T), dtype=torch.bool, device=dev)
     complete = torch.zeros((len(traces), T), dtype=torch.bool, device=dev)
     rows = []
-    for i, t in enumerate(traces):  # one row at a time: (T, vocab) logits stay small for real vocabularies
-        p, c = len(t.prompt_ids), len(t.completion_ids)
+    for i, (t, h) in enumerate(zip(traces, states, strict=True)):  # one row at a time: (T, vocab) logits stay small
+        c = len(t.completion_ids)
         temp = temperature if temperature is not None else t.temperature
-        logits = thinker.lm_head(hidden[i, p - 1:p + c - 1]).float() / temp
+        logits = thinker.lm_head(h).float() / temp
         tok = torch.tensor(t.completion_ids, device=dev)
         lp = torch.log_softmax(logits, dim=-1).gather(-1, tok[:, None])[:, 0]
         mask = torch.tensor(t.inserted_mask, dtype=torch.bool, device=dev)
@@ -228,6 +225,85 @@ def trace_logprobs(model, traces: list[Trace], featurizer: AudioFeaturizer | Non
     out = torch.stack(rows)
     return TraceLogprobs(logprobs=out, sampled_mask=complete & ~inserted, inserted_mask=inserted,
                          completion_mask=complete)
+
+
+def _full_sequence_states(thinker, traces: list[Trace], featurizer, dev, pad_id: int) -> list[torch.Tensor]:
+    """One forward over every right-padded prompt + completion; per trace, the hidden states
+    that predict its completion tokens (positions p-1 .. p+c-2)."""
+    seqs = [t.prompt_ids + t.completion_ids for t in traces]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+    ids, attn = ids.to(dev), attn.to(dev)
+    clips = [c for t in traces for c in t.clips()]
+    audio = encode_audio(thinker, featurizer(clips)) if clips else None
+    emb = embed_with_audio(thinker, ids, audio)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    hidden = thinker.model(inputs_embeds=emb, attention_mask=attn, position_ids=mrope_positions(pos),
+                           use_cache=False, return_dict=True).last_hidden_state
+    return [hidden[i, len(t.prompt_ids) - 1:len(s) - 1] for i, (t, s) in enumerate(zip(traces, seqs, strict=True))]
+
+
+def _prompt_key(t: Trace, n_clips: int) -> tuple:
+    wav = np.ascontiguousarray(t.wav)
+    return (tuple(t.prompt_ids), tuple(map(tuple, t.audio_spans[:n_clips])), wav.shape,
+            hashlib.blake2b(wav.tobytes(), digest_size=16).digest())
+
+
+def _shared_prompt_states(thinker, traces: list[Trace], featurizer, dev) -> list[torch.Tensor]:
+    """Each distinct prompt runs once (batch 1, no padding); every completion then runs on a
+    copy of its prompt's cache, left-padded to the longest prompt (keys carry their rotary
+    positions, so where a slot sits does not matter; the mask hides the padding)."""
+    from transformers import DynamicCache
+
+    bos = thinker.config.audio_start_token_id
+    n_prompt_clips = [t.prompt_ids.count(bos) for t in traces]
+    keys = [_prompt_key(t, n) for t, n in zip(traces, n_prompt_clips, strict=True)]
+    first: dict = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    caches, last_states = {}, {}
+    for k, i in first.items():
+        t, n = traces[i], n_prompt_clips[i]
+        ids = torch.tensor([t.prompt_ids], device=dev)
+        audio = encode_audio(thinker, featurizer(t.clips()[:n])) if n else None
+        cache = DynamicCache()
+        out = thinker.model(inputs_embeds=embed_with_audio(thinker, ids, audio),
+                            position_ids=mrope_positions(torch.arange(ids.shape[1], device=dev)[None]),
+                            past_key_values=cache, use_cache=True, return_dict=True)
+        caches[k] = [(layer.keys, layer.values) for layer in cache.layers]
+        last_states[k] = out.last_hidden_state[0, -1:]
+    P = max(len(t.prompt_ids) for t in traces)
+    C = max(len(t.completion_ids) for t in traces) - 1  # the last completion token predicts nothing
+    if C <= 0:
+        return [last_states[k][:len(t.completion_ids)] for t, k in zip(traces, keys, strict=True)]
+    n_layers = len(next(iter(caches.values())))
+    layer_kv = [([], []) for _ in range(n_layers)]
+    ids = torch.zeros((len(traces), C), dtype=torch.long, device=dev)
+    attn = torch.zeros((len(traces), P + C), dtype=torch.long, device=dev)
+    pos = torch.zeros((len(traces), C), dtype=torch.long, device=dev)
+    clips = []
+    for i, (t, k, n) in enumerate(zip(traces, keys, n_prompt_clips, strict=True)):
+        p, c = len(t.prompt_ids), len(t.completion_ids) - 1
+        for li, (kk, vv) in enumerate(caches[k]):
+            layer_kv[li][0].append(torch.nn.functional.pad(kk, (0, 0, P - p, 0)))
+            layer_kv[li][1].append(torch.nn.functional.pad(vv, (0, 0, P - p, 0)))
+        ids[i, :c] = torch.tensor(t.completion_ids[:c], device=dev)
+        attn[i, P - p:P + c] = 1
+        pos[i, :c] = torch.arange(p, p + c, device=dev)
+        clips += t.clips()[n:]  # every inserted clip: a completion ends in text, never mid-clip
+    cache = DynamicCache()
+    for li, (kk, vv) in enumerate(layer_kv):
+        cache.update(torch.cat(kk), torch.cat(vv), li)
+    audio = encode_audio(thinker, featurizer(clips)) if clips else None
+    hidden = thinker.model(inputs_embeds=embed_with_audio(thinker, ids, audio), attention_mask=attn,
+                           position_ids=mrope_positions(pos), past_key_values=cache, use_cache=True,
+                           return_dict=True).last_hidden_state
+    return [torch.cat([last_states[k], hidden[i, :len(t.completion_ids) - 1]])
+            for i, (t, k) in enumerate(zip(traces, keys, strict=True))]
 
 
 def policy_text(trace: Trace, tokenizer) -> str:

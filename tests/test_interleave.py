@@ -179,6 +179,29 @@ def test_trace_logprobs_reproduce_the_sampled_ones(lm):
     assert (hot.logprobs - out.logprobs)[out.sampled_mask].abs().max() > 1e-3
 
 
+def test_shared_prompt_forward_equals_one_forward_with_gradients(lm):
+    """GRPO's groups: rollouts of one prompt share its forward (and its cache) - the log-probs
+    and the gradients equal one forward over every full sequence."""
+    queries = [_query(i) for i in (0, 0, 0, 4, 4, 5)]  # three groups, prompts of three lengths
+    fps = [_tags(k) for k in (0, 2, 3, 1, 0, 2)]
+    traces = InterleavedGenerator(lm, temperature=0.7).generate(queries, seed=5, forced_prefix=fps)
+    assert len({len(t.prompt_ids) for t in traces}) == 3 and sum(t.n_relistens for t in traces) == 8
+    params = [p for n, p in lm.model.named_parameters() if "layers.1." in n or "embed_tokens" in n]
+    results = []
+    for share in (True, False):
+        lm.model.zero_grad()
+        out = trace_logprobs(lm.model, traces, share_prompts=share)
+        (out.logprobs.sum() / out.sampled_mask.sum()).backward()
+        results.append((out, [p.grad.clone() for p in params]))
+    lm.model.zero_grad()
+    (a, ga), (b, gb) = results
+    assert torch.equal(a.sampled_mask, b.sampled_mask) and torch.equal(a.inserted_mask, b.inserted_mask)
+    assert (a.logprobs - b.logprobs).abs().max() < 1e-5
+    for x, y in zip(ga, gb):
+        assert (x - y).abs().max() <= 1e-4 * max(1.0, y.abs().max().item())
+    assert any(x.abs().max() > 0 for x in ga)
+
+
 def test_trace_forward_matches_the_thinkers_own_forward(lm):
     """Our embedding scatter and sequential positions equal the thinker's own forward
     (its get_rope_index and masked_scatter) on a trace with two inserted clips."""

@@ -9,6 +9,7 @@ from echo_lite.model import (
     apply_lora,
     build_tiny_thinker,
     count_parameters,
+    expand_text_depth,
     freeze_audio_tower,
     load_preset_model,
     load_thinker,
@@ -74,6 +75,32 @@ def test_save_and_load_round_trip_with_safetensors(tmp_path, tiny_model, tiny_to
         assert torch.allclose(tiny_model(**inputs).logits, again(**inputs).logits, atol=1e-6)
     lm = load_preset_model("tiny", checkpoint=tmp_path)
     assert count_parameters(lm.model)["total"] == count_parameters(tiny_model)["total"]
+
+
+def test_block_expansion_keeps_the_function_and_the_cache(tmp_path, tiny_model, tiny_tokenizer, tone):
+    """Grown blocks add nothing at first: same logits, same greedy tokens through the KV
+    cache (each block has its own cache slot), and the grown model saves and loads."""
+    import copy
+
+    grown = copy.deepcopy(tiny_model)
+    n = tiny_model.config.text_config.num_hidden_layers
+    assert expand_text_depth(grown, 2 * n) == n
+    assert grown.config.text_config.num_hidden_layers == len(grown.config.text_config.layer_types) == 2 * n
+    assert [b.self_attn.layer_idx for b in grown.model.layers] == list(range(2 * n))
+    assert count_parameters(grown)["language_model"] > count_parameters(tiny_model)["language_model"]
+    inputs = _inputs(tiny_tokenizer, tiny_model, [tone])
+    with torch.no_grad():
+        assert torch.allclose(tiny_model(**inputs).logits, grown(**inputs).logits, atol=1e-6)
+    gen = dict(max_new_tokens=8, do_sample=False, suppress_tokens=load_preset_model("tiny").placeholder_ids())
+    assert torch.equal(tiny_model.generate(**inputs, **gen), grown.generate(**inputs, **gen))
+    grown.save_pretrained(tmp_path, safe_serialization=True)
+    again = load_thinker(tmp_path)
+    assert again.config.text_config.num_hidden_layers == 2 * n
+    with torch.no_grad():
+        assert torch.allclose(again(**inputs).logits, grown(**inputs).logits, atol=1e-6)
+    assert expand_text_depth(again, 2 * n) == 0  # already that deep
+    with pytest.raises(ValueError, match=f"multiple of {2 * n}"):
+        expand_text_depth(again, 3 * n)
 
 
 def test_load_errors_name_the_source(tmp_path):

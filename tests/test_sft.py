@@ -1,6 +1,8 @@
 """SFT on the tiny preset: the collator's masks, a short real training run, exact resume,
 adapters in the standard PEFT format, merging."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,14 @@ from safetensors.torch import load_file
 from echo_lite.audio import write_audio
 from echo_lite.config import AUDIO_PAD, SAMPLE_RATE, get_preset
 from echo_lite.model import load_tokenizer
-from echo_lite.sft import IGNORE_INDEX, AudioSFTCollator, SFTDataError, encode_example, merge_adapter, run_sft
+from echo_lite.sft import (
+    IGNORE_INDEX,
+    AudioSFTCollator,
+    SFTDataError,
+    encode_example,
+    merge_adapter,
+    run_sft,
+)
 
 PITCHES = {"low tone": 300.0, "high tone": 1200.0}
 LORA = get_preset("tiny").with_overrides(sft={"use_lora": True})  # the 3B/7B default; tiny fine-tunes fully
@@ -130,3 +139,7 @@ def test_full_fine_tuning_trains_the_language_model_only(sft_data, tmp_path):
     changed = {k for k, v in after.items() if k in before and not torch.equal(v, before[k].detach())}
     assert any("layers" in k for k in changed)
     assert not any("audio_tower" in k or "visual" in k for k in changed)
+    # The base's blocks were grown (SFTSpec.text_layers) and the new ones, zero at the start, learned.
+    n = get_preset("tiny").sft.text_layers
+    assert json.loads((final / "config.json").read_text())["text_config"]["num_hidden_layers"] == n
+    assert after[f"model.layers.{n - 1}.mlp.down_proj.weight"].abs().max() > 0
