@@ -326,11 +326,11 @@ PRESETS: dict[str, Preset] = {
         # 0-9 % against 28 % greedy), so the group advantages carried little signal.
         grpo=GRPOSpec(learning_rate=5e-5, prompts_per_step=4, num_generations=8, temperature=0.7),
         # More SFT data and steps: 400 steps on 710 items left the format at 0.73 well formed;
-        # 600 steps on 1,756 items reached 0.90 (tags_only, same 48 items). 2.25 epochs (494 steps)
-        # with 4 blocks keep the main job under 30 min (605 steps took 11.8 min, the response
-        # loss flat from ~450). GRPO: 40 steps (~7 s each with 4 blocks and shared prompts):
-        # over 20 the mean reward did not clearly rise. 300 eval items per row: with 96, rows
-        # 2 points apart were within one standard error (~4 points).
+        # 600 steps on 1,756 items reached 0.90 (tags_only, same 48 items). 2.25 epochs (495 steps,
+        # 10.8 min) with 4 blocks keep the main job under 30 min (27.3 min measured; 605 steps
+        # took 11.8 min, the response loss flat from ~450). GRPO: 40 steps (~8.7 s each with 4
+        # blocks and shared prompts): over 20 the mean reward did not clearly rise. 300 eval items
+        # per row: with 96, rows 2 points apart were within one standard error (~4 points).
         demo=DemoSpec(n_items=3000, sft_epochs=2.25, grpo_steps=40, eval_items=300),
     ),
     "omni-3b": Preset(
