@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +61,48 @@ from echo_lite.trace import (
 
 MODES = RUNTIME_MODES
 CACHE_MODES = ("resume", "reprefill")
+
+# transformers' sdpa path repeats every K/V head for its query group whenever a padding mask
+# is passed (only mask-free calls use torch's `enable_gqa`): a copy of the whole cache per
+# layer and step. Batched decoding always has a mask (rows of different lengths), so on CPU
+# the runtime hands grouped heads to torch as they are: at batch 16, 900 keys, 4 query / 2
+# K/V heads, 0.86 ms a call instead of 3.6-4.0 ms, the same output (measured).
+GQA_SDPA = "echo_sdpa_gqa"
+
+
+def sdpa_grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                           **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is None or getattr(module, "num_key_value_groups", 1) == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_gqa_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(GQA_SDPA, sdpa_grouped_attention)
+    AttentionMaskInterface.register(GQA_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+@contextmanager
+def grouped_kv_attention(thinker):
+    """Run the text model with `sdpa_grouped_attention` inside the block (CPU, sdpa models only)."""
+    cfg = thinker.model.config
+    if cfg._attn_implementation != "sdpa" or thinker.lm_head.weight.device.type != "cpu":
+        yield
+        return
+    _register_gqa_sdpa()
+    cfg._attn_implementation = GQA_SDPA
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = "sdpa"
 
 
 class RuntimeInputError(ValueError):
@@ -419,9 +462,13 @@ class InterleavedGenerator(InterleaveRuntime):
         return toks, lps
 
     # ---------------------------------------------------------------- decoding
-    @torch.inference_mode()  # nothing here is differentiated: trace_logprobs redoes it with grad
     def _run(self, rows: list[_Row]) -> dict[str, float]:
         """Decode `rows` together until each ends; returns the phase timings (seconds)."""
+        with grouped_kv_attention(self.thinker):
+            return self._decode(rows)
+
+    @torch.inference_mode()  # nothing here is differentiated: trace_logprobs redoes it with grad
+    def _decode(self, rows: list[_Row]) -> dict[str, float]:
         from transformers import DynamicCache
 
         th, dev = self.thinker, self.device

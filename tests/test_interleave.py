@@ -202,6 +202,28 @@ def test_shared_prompt_forward_equals_one_forward_with_gradients(lm):
     assert any(x.abs().max() > 0 for x in ga)
 
 
+def test_grouped_kv_attention_equals_transformers_sdpa(lm):
+    """The runtime's CPU attention (grouped K/V heads given to torch as they are) gives the
+    same hidden states as transformers' sdpa under a padding mask, and is undone after."""
+    from echo_lite.interleave import GQA_SDPA, grouped_kv_attention
+    from echo_lite.trace import mrope_positions
+
+    th = lm.model
+    assert th.config.text_config.num_attention_heads > th.config.text_config.num_key_value_heads
+    ids = torch.randint(20, 900, (3, 40))
+    attn = torch.ones_like(ids)
+    attn[0, :7], attn[2, :19] = 0, 0  # left padding: rows of three lengths
+    pos = mrope_positions((attn.cumsum(-1) - 1).clamp(min=0))
+    with torch.no_grad():
+        ref = th.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+        with grouped_kv_attention(th):
+            assert th.model.config._attn_implementation == GQA_SDPA
+            ours = th.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+    assert th.model.config._attn_implementation == "sdpa"
+    real = attn.bool()
+    assert (ref[real] - ours[real]).abs().max() < 1e-6
+
+
 def test_trace_forward_matches_the_thinkers_own_forward(lm):
     """Our embedding scatter and sequential positions equal the thinker's own forward
     (its get_rope_index and masked_scatter) on a trace with two inserted clips."""
