@@ -248,9 +248,12 @@ def _full_sequence_states(thinker, traces: list[Trace], featurizer, dev, pad_id:
 
 
 def _prompt_key(t: Trace, n_clips: int) -> tuple:
-    wav = np.ascontiguousarray(t.wav)
-    return (tuple(t.prompt_ids), tuple(map(tuple, t.audio_spans[:n_clips])), wav.shape,
-            hashlib.blake2b(wav.tobytes(), digest_size=16).digest())
+    """Traces with equal keys have the same prompt: same ids, same clips cut from the same audio."""
+    audio = None  # a trace without its waveform: Trace.clips() names the problem if a clip is needed
+    if t.wav is not None:
+        wav = np.ascontiguousarray(t.wav)
+        audio = (wav.shape, hashlib.blake2b(wav.tobytes(), digest_size=16).digest())
+    return (tuple(t.prompt_ids), tuple(map(tuple, t.audio_spans[:n_clips])), audio)
 
 
 def _shared_prompt_states(thinker, traces: list[Trace], featurizer, dev) -> list[torch.Tensor]:

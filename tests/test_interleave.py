@@ -224,6 +224,14 @@ def test_grouped_kv_attention_equals_transformers_sdpa(lm):
     assert (ref[real] - ours[real]).abs().max() < 1e-6
 
 
+def test_teacher_forcing_a_trace_without_its_waveform_names_it(lm):
+    t = InterleavedGenerator(lm, temperature=0).generate([_query(2)], forced_prefix=_tags(1))[0]
+    bare = Trace.from_dict(t.to_dict())  # saved traces drop the audio
+    for share in (True, False):
+        with pytest.raises(ValueError, match="trace 'q2' carries no waveform"):
+            trace_logprobs(lm.model, [bare], share_prompts=share)
+
+
 def test_trace_forward_matches_the_thinkers_own_forward(lm):
     """Our embedding scatter and sequential positions equal the thinker's own forward
     (its get_rope_index and masked_scatter) on a trace with two inserted clips."""
