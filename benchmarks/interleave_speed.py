@@ -92,10 +92,14 @@ def main(argv=None) -> dict:
                    help="cpu (process CPU time; default on CPU) or wall (default on GPU)")
     p.add_argument("--device", default=None, help="run the model here (default: the preset's device)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generated tokens per answer (default: the preset's budget; omni-3b's 2,048 take ~1 min an answer)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
+    if args.max_new_tokens:
+        preset = preset.with_overrides(segments={"max_new_tokens": args.max_new_tokens})
     lm = load_preset_model(preset, args.checkpoint)
     if args.device:
         lm.model.to(args.device)

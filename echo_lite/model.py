@@ -254,13 +254,34 @@ def apply_lora(model, sft: SFTSpec):
 
 
 def freeze_audio_tower(model) -> int:
-    """Freeze every audio-tower parameter; returns how many tensors were frozen."""
+    """Freeze every audio-tower parameter and cut the autograd graph at the tower's output;
+    returns how many tensors were frozen.
+
+    Why the cut: transformers' `enable_input_require_grads` (called for gradient
+    checkpointing) hooks the tower's `conv1` too, so a frozen tower was still recorded by
+    autograd and, with checkpointing, recomputed in backward for gradients nobody uses.
+    Under DeepSpeed ZeRO-3 that recompute found its partitioned weights empty and training
+    stopped (H100, omni-3b). Detaching a frozen tower's output changes no gradient.
+    """
     n = 0
     for name, p in model.named_parameters():
         if "audio_tower" in name:
             p.requires_grad_(False)
             n += 1
+    for name, tower in model.named_modules():  # found by name: the model may be wrapped (PEFT)
+        if name.split(".")[-1] == "audio_tower" and not getattr(tower, "_echo_detached", False):
+            tower.register_forward_hook(_detach_tower_output)
+            tower._echo_detached = True
     return n
+
+
+def _detach_tower_output(module, args, output):
+    if any(p.requires_grad for p in module.parameters()):  # unfrozen later: gradients must flow again
+        return output
+    if torch.is_tensor(output):
+        return output.detach()
+    output.last_hidden_state = output.last_hidden_state.detach()
+    return output
 
 
 def expand_text_depth(model, n_layers: int) -> int:

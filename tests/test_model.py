@@ -128,6 +128,44 @@ def test_lora_touches_the_language_model_only(tiny_tokenizer):
     assert not any("lora_" in n for n, _ in merged.named_parameters())
 
 
+def test_a_frozen_audio_tower_is_cut_from_autograd(tiny_tokenizer):
+    """transformers' enable_input_require_grads hooks the tower's conv1; with gradient
+    checkpointing the frozen tower was then recomputed in backward (and under ZeRO-3 that
+    recompute failed). After freeze_audio_tower no tower layer runs in backward, and the
+    language model's gradients are the same as with the tower outside autograd."""
+    t = np.sin(np.arange(24000) / 7).astype(np.float32)
+
+    def grads(cut: bool):
+        torch.manual_seed(0)
+        model = build_tiny_thinker(tiny_tokenizer)
+        if cut:
+            freeze_audio_tower(model)
+        else:
+            for n, p in model.named_parameters():
+                p.requires_grad_("audio_tower" not in n)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.train()
+        calls = []  # counted in forward itself: a checkpoint's recompute skips module hooks
+        for layer in model.audio_tower.layers:
+            layer.forward = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(layer.forward)
+        inputs = _inputs(tiny_tokenizer, model, [t])
+        out = model(**inputs, labels=inputs["input_ids"])
+        n_forward = len(calls)
+        out.loss.backward()
+        g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return g, n_forward, len(calls) - n_forward
+
+    g_cut, fwd, recomputed = grads(cut=True)
+    g_ref, fwd_ref, recomputed_ref = grads(cut=False)
+    assert fwd == fwd_ref == len(build_tiny_thinker(tiny_tokenizer).audio_tower.layers)
+    assert recomputed_ref == fwd_ref  # without the cut: every frozen layer ran again in backward
+    assert recomputed == 0
+    assert g_cut.keys() == g_ref.keys() and not any("audio_tower" in n for n in g_cut)
+    for n in g_cut:
+        torch.testing.assert_close(g_cut[n], g_ref[n], rtol=1e-5, atol=1e-7)
+
+
 def test_load_thinker_from_a_full_omni_checkpoint_directory(tmp_path, tiny_model):
     """The 3B/7B path: a full Qwen2.5-Omni checkpoint (config `qwen2_5_omni`, weights under
     `thinker.`) loads as the thinker with `from_pretrained`, in bf16, from a local directory."""
