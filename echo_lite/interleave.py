@@ -24,6 +24,7 @@ for its i-th valid tag). Everything ends in a `Trace` (trace.py); the vLLM backe
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -82,6 +83,7 @@ def sdpa_grouped_attention(module, query, key, value, attention_mask, dropout=0.
     return out.transpose(1, 2).contiguous(), None
 
 
+@functools.cache  # once a process: registering is idempotent, but the lookups need not repeat
 def _register_gqa_sdpa() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
