@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
             model.save_pretrained(str(base), safe_serialization=True)
             tok.save_pretrained(str(base))
             del model
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         items = make_items(work / "data", 8, args.seconds)
     if args.build_only:
         print(base, flush=True)
@@ -91,6 +92,8 @@ def main(argv=None) -> dict:
         out["params_moved"] = len(moved)
         out["audio_tower_moved"] = sum("audio_tower" in k for k in moved)
         out["lm_moved"] = sum(k.startswith("model.") for k in moved)
+        if out["audio_tower_moved"] or not out["lm_moved"]:
+            raise SystemExit(f"training touched the wrong weights: {out}")
     else:
         out["adapter_saved"] = (final / "adapter_model.safetensors").exists()
     print(json.dumps(out), flush=True)
