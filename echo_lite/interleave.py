@@ -46,6 +46,7 @@ from echo_lite.config import (
     SEG_OPEN,
     SegmentLimits,
 )
+from echo_lite.decode_step import lean_decode_step, supports_lean_decode
 from echo_lite.model import LoadedModel
 from echo_lite.prompts import INSTRUCTION, build_prompt
 from echo_lite.segments import SegmentReject, parse_segments, validate_segment
@@ -355,17 +356,19 @@ class InterleavedGenerator(InterleaveRuntime):
     cache="resume" (default) keeps the cache across pauses and feeds only the new clip;
     cache="reprefill" rebuilds it from the whole context at every pause, one row at a
     time (the authors' runtime; the baseline for tests and benchmarks). Log-probs are
-    recorded as log_softmax(logits / temperature) (raw logits for greedy).
+    recorded as log_softmax(logits / temperature) (raw logits for greedy). Plain decoding
+    steps run `lean_decode_step` where the model allows it (lean_decode=None: decided at
+    each `generate`), transformers' forward otherwise and for every chunk with audio.
     """
 
     backend = "transformers"
 
     def __init__(self, lm: LoadedModel, mode: str = "interleaved", temperature: float | None = None,
                  top_p: float | None = None, cache: str = "resume", batch_size: int | None = None,
-                 limits: SegmentLimits | None = None):
+                 limits: SegmentLimits | None = None, lean_decode: bool | None = None):
         if cache not in CACHE_MODES:
             raise RuntimeInputError(f"cache {cache!r} is not one of {CACHE_MODES}")
-        self.lm, self.cache_mode = lm, cache
+        self.lm, self.cache_mode, self.lean_decode_option = lm, cache, lean_decode
         self.thinker = unwrap_thinker(lm.model)
         eos = lm.model.generation_config.eos_token_id
         super().__init__(lm.tokenizer, lm.preset, mode=mode, temperature=temperature, top_p=top_p,
@@ -375,12 +378,15 @@ class InterleavedGenerator(InterleaveRuntime):
         self.compact_after = lm.preset.runtime.compact_after_holes
         self.featurizer = AudioFeaturizer(self.thinker.config.audio_config.num_mel_bins)
         self.device = self.thinker.lm_head.weight.device
-        self.processors, self.window = self._processors(self.placeholder_ids)
+        self.placeholder_index = torch.tensor(self.placeholder_ids, device=self.device)
+        self.processors, self.window = self._processors()
 
     def generate(self, queries: Sequence[Query], seed: int = 0, seeds: Sequence[int] | None = None,
                  forced_prefix: str | Sequence[str | None] | None = None) -> list[Trace]:
         was_training = self.lm.model.training
         self.lm.model.eval()
+        self.lean_decode = (supports_lean_decode(self.thinker.model) if self.lean_decode_option is None
+                            else self.lean_decode_option)
         try:
             return super().generate(queries, seed=seed, seeds=seeds, forced_prefix=forced_prefix)
         finally:
@@ -419,17 +425,12 @@ class InterleavedGenerator(InterleaveRuntime):
         return ids, new, pos
 
     # ---------------------------------------------------------------- sampling
-    def _processors(self, placeholder_ids: list[int]):
-        from transformers import (
-            LogitsProcessorList,
-            NoBadWordsLogitsProcessor,
-            SuppressTokensLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopPLogitsWarper,
-        )
+    def _processors(self):
+        """HF logits processors beyond the placeholder ban (`_choose` does that one itself:
+        `SuppressTokensLogitsProcessor` rebuilds its vocabulary mask on every call)."""
+        from transformers import NoBadWordsLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-        procs = LogitsProcessorList([SuppressTokensLogitsProcessor(placeholder_ids, device=self.device)])
-        window = 1
+        procs, window = [], 1
         if self.mode == "one_pass":  # plain CoT: the tokenizer's own spelling of `<seg>` is banned
             bad = self.tok.encode(SEG_OPEN, add_special_tokens=False)
             procs.append(NoBadWordsLogitsProcessor([bad], eos_token_id=list(self.eos_ids)))
@@ -442,16 +443,18 @@ class InterleavedGenerator(InterleaveRuntime):
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
         temp = self.temperature if self.temperature > 0 else 1.0
-        lp_all = torch.log_softmax(logits / temp, dim=-1)
-        recent = torch.full((len(rows), self.window), self.pad_id, dtype=torch.long)
-        if self.window > 1:  # multi-token bad words: the processors see each row's latest sampled tokens
-            for i, r in enumerate(rows):
-                tail = [t for t, m in zip(r.completion, r.inserted, strict=True) if not m][-self.window:]
-                if tail:
-                    recent[i, self.window - len(tail):] = torch.tensor(tail)
-        scores, recent = logits, recent.to(self.device)
-        for proc in self.processors:  # called directly: LogitsProcessorList inspects signatures every call
-            scores = proc(recent, scores)
+        lp_all = torch.log_softmax(logits / temp, dim=-1)  # the policy's log-probs: before any ban
+        scores = logits.index_fill(1, self.placeholder_index, -float("inf"))
+        if self.processors:
+            recent = torch.full((len(rows), self.window), self.pad_id, dtype=torch.long)
+            if self.window > 1:  # multi-token bad words: the processors see each row's latest sampled tokens
+                for i, r in enumerate(rows):
+                    tail = [t for t, m in zip(r.completion, r.inserted, strict=True) if not m][-self.window:]
+                    if tail:
+                        recent[i, self.window - len(tail):] = torch.tensor(tail)
+            recent = recent.to(self.device)
+            for proc in self.processors:  # called directly: LogitsProcessorList inspects signatures every call
+                scores = proc(recent, scores)
         if self.temperature > 0:
             probs = torch.softmax(scores, dim=-1)
             toks = [int(torch.multinomial(probs[i], 1, generator=r.gen)) for i, r in enumerate(rows)]
@@ -512,11 +515,14 @@ class InterleavedGenerator(InterleaveRuntime):
                 for li, layer in enumerate(cache.layers):
                     step_cache.update(layer.keys[idx], layer.values[idx], li)
                 step_attn = torch.cat([attn[idx], new], dim=1)
-            emb = embed_with_audio(th, ids, audio)
             no_holes = step_attn.shape[1] == min(r.next_pos for r in step_rows)  # every cache slot is a real token
-            hidden = th.model(inputs_embeds=emb, attention_mask=None if no_holes else step_attn,
-                              position_ids=mrope_positions(pos.to(dev)),
-                              past_key_values=step_cache, use_cache=True, return_dict=True).last_hidden_state
+            key_mask = None if no_holes else step_attn
+            if self.lean_decode and ids.shape[1] == 1 and audio is None:  # plain decoding: our lean step
+                hidden = lean_decode_step(th.model, ids, pos.to(dev), step_cache, key_mask)
+            else:
+                hidden = th.model(inputs_embeds=embed_with_audio(th, ids, audio), attention_mask=key_mask,
+                                  position_ids=mrope_positions(pos.to(dev)),
+                                  past_key_values=step_cache, use_cache=True, return_dict=True).last_hidden_state
             if sub is not None:  # the waiting rows get holes where the chunk went in
                 attn = torch.cat([attn, new.new_zeros((len(active), new.shape[1])).index_copy(0, idx, new)], dim=1)
                 merge_rows(cache, step_cache, idx, len(active), new.shape[1])

@@ -1,0 +1,83 @@
+"""One decoding step of the thinker's text model, written out: a token a row against the kept cache.
+
+Why our own: at decode time transformers' text-model forward spends most of a step on
+generic work around the maths (rotary tables for three M-RoPE rows, mask building,
+attention dispatch, keyword plumbing through every layer). On the tiny preset that
+glue is ~half of each step on CPU (benchmarks/interleave_speed.py), and the runtime
+decodes one token at a time for every answer. This step does the same maths in the
+same order with the model's own submodules (so LoRA layers, dtypes and devices work
+unchanged), and appends to the same `DynamicCache`, so prefill, clip insertion and
+teacher forcing stay transformers' (tests/test_decode_step.py checks the logits
+equal transformers' forward, with and without masked cache slots and LoRA).
+
+Scope, checked by `supports_lean_decode`: Qwen2.5-Omni text blocks without sliding
+windows and with default rotary embeddings. The runtime's positions are sequential
+for audio and text alike, so the three M-RoPE rows are equal and M-RoPE reduces to
+plain RoPE (STACK_NOTES.md). Anything else (or weights sharded by DeepSpeed ZeRO-3)
+falls back to transformers' forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supports_lean_decode(text_model) -> bool:
+    """True when `lean_decode_step` computes exactly what `text_model.forward` does."""
+    cfg = text_model.config
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    if rope.get("rope_type", "default") != "default" or getattr(cfg, "use_sliding_window", False):
+        return False
+    if any(hasattr(p, "ds_id") for p in text_model.parameters()):  # ZeRO-3 shards: let its hooks gather
+        return False
+    needed = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return all(all(hasattr(layer.self_attn, n) for n in needed) and hasattr(layer, "mlp")
+               for layer in text_model.layers)
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.float32:  # one fused op; in half precision the module's own float32 upcast is kept
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+    return norm(x)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def lean_decode_step(text_model, input_ids: torch.Tensor, positions: torch.Tensor, cache,
+                     key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hidden states (B, 1, hidden) after the final norm for one new token per row.
+
+    input_ids, positions: (B, 1); cache: a `DynamicCache` holding every earlier token (it
+    gets this token's keys and values); key_mask: (B, cached + 1), 1 at real slots, or
+    None when every slot is real.
+    """
+    cfg = text_model.config
+    B = input_ids.shape[0]
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    rot = text_model.rotary_emb
+    freqs = positions.to(rot.inv_freq.dtype)[:, :, None] * rot.inv_freq  # (B, 1, head_dim / 2)
+    ang = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1 head axis, 1, head_dim)
+    x = text_model.embed_tokens(input_ids)
+    cos = (ang.cos() * rot.attention_scaling).to(x.dtype)
+    sin = (ang.sin() * rot.attention_scaling).to(x.dtype)
+    mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
+    for layer_idx, layer in enumerate(text_model.layers):
+        attn = layer.self_attn
+        h = _rms_norm(layer.input_layernorm, x)
+        q = attn.q_proj(h).view(B, 1, n_heads, head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(B, 1, n_kv, head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(B, 1, n_kv, head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        keys, values = cache.update(k, v, layer_idx)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling,
+                                           enable_gqa=n_kv != n_heads)
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(B, 1, n_heads * head_dim))
+        h = _rms_norm(layer.post_attention_layernorm, x)
+        x = x + layer.mlp(h)
+    return _rms_norm(text_model.norm, x)

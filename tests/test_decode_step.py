@@ -1,0 +1,125 @@
+"""The runtime's own decoding step against transformers' text-model forward (the reference)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from echo_lite.decode_step import lean_decode_step, supports_lean_decode
+from echo_lite.trace import mrope_positions
+
+
+def _prefill(text_model, ids: torch.Tensor, attn: torch.Tensor | None = None):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    pos = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
+    text_model(input_ids=ids, attention_mask=attn, position_ids=mrope_positions(pos), past_key_values=cache,
+               use_cache=True)
+    return cache
+
+
+def _hf_step(text_model, tok, pos, cache, attn=None):
+    return text_model(input_ids=tok, attention_mask=attn, position_ids=mrope_positions(pos), past_key_values=cache,
+                      use_cache=True).last_hidden_state
+
+
+def _compare(text_model, ids, n_steps=6, attn=None, atol=1e-5):
+    """Decode n_steps tokens both ways from the same prefill; hidden states and caches agree."""
+    ref_cache, lean_cache = _prefill(text_model, ids, attn), _prefill(text_model, ids, attn)
+    g = torch.Generator().manual_seed(0)
+    B, n = ids.shape
+    for i in range(n_steps):
+        tok = torch.randint(5, 200, (B, 1), generator=g)
+        pos = torch.full((B, 1), n + i)
+        if attn is not None:
+            attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype)], dim=1)
+        ref = _hf_step(text_model, tok, pos, ref_cache, attn)
+        got = lean_decode_step(text_model, tok, pos, lean_cache, attn)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=atol, rtol=1e-5)
+    for a, b in zip(ref_cache.layers, lean_cache.layers, strict=True):
+        torch.testing.assert_close(a.keys, b.keys, atol=atol, rtol=1e-5)
+        torch.testing.assert_close(a.values, b.values, atol=atol, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_model):
+    return tiny_model.model.eval()
+
+
+@torch.inference_mode()
+def test_equals_transformers_forward_one_row(text_model):
+    assert supports_lean_decode(text_model)
+    ids = torch.randint(5, 200, (1, 37), generator=torch.Generator().manual_seed(1))
+    _compare(text_model, ids)
+
+
+@torch.inference_mode()
+def test_equals_transformers_forward_with_masked_cache_slots(text_model):
+    """Rows of a batch with holes in the cache (left padding, slots of rows that waited)."""
+    ids = torch.randint(5, 200, (3, 20), generator=torch.Generator().manual_seed(2))
+    attn = torch.ones_like(ids)
+    attn[1, :7] = 0
+    attn[2, 4:9] = 0
+    _compare(text_model, ids, attn=attn)
+
+
+@torch.inference_mode()
+def test_equals_transformers_forward_under_lora(tiny_tokenizer):
+    """LoRA layers (PEFT) are the model's own submodules: the step calls them as they are."""
+    from peft import LoraConfig, get_peft_model
+
+    from echo_lite.model import build_tiny_thinker
+
+    thinker = build_tiny_thinker(tiny_tokenizer)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=r".*model\.layers\.\d+\.(self_attn\.q_proj|mlp\.up_proj)",
+                     init_lora_weights=False)  # random B: the adapter really changes the output
+    peft_model = get_peft_model(thinker, cfg).eval()
+    text_model = peft_model.base_model.model.model
+    ids = torch.randint(5, 200, (2, 15), generator=torch.Generator().manual_seed(3))
+    _compare(text_model, ids)
+    plain = _prefill(text_model, ids)  # and the adapter matters: without it the step differs
+    tok, pos = ids[:, -1:], torch.full((2, 1), 15)
+    with_adapter = lean_decode_step(text_model, tok, pos, copy.deepcopy(plain))
+    with peft_model.disable_adapter():
+        without = lean_decode_step(text_model, tok, pos, plain)
+    assert (with_adapter - without).abs().max() > 1e-3
+
+
+def test_unsupported_models_fall_back(tiny_tokenizer):
+    from echo_lite.model import build_tiny_thinker
+
+    thinker = build_tiny_thinker(tiny_tokenizer)
+    text_model = thinker.model
+    text_model.config.use_sliding_window = True
+    assert not supports_lean_decode(text_model)
+    text_model.config.use_sliding_window = False
+    text_model.config.rope_parameters = dict(text_model.config.rope_parameters, rope_type="yarn")
+    assert not supports_lean_decode(text_model)
+
+
+def test_generator_tokens_and_logprobs_equal_with_and_without_the_lean_step(tiny_tokenizer):
+    """The whole runtime, batched rows with re-listens, greedy and sampled: same tokens either way."""
+    import numpy as np
+
+    from echo_lite.config import get_preset
+    from echo_lite.interleave import InterleavedGenerator, Query
+    from echo_lite.model import LoadedModel, build_tiny_thinker
+    from echo_lite.segments import format_segment
+    from echo_lite.signals import tone_clip
+
+    lm = LoadedModel(model=build_tiny_thinker(tiny_tokenizer), tokenizer=tiny_tokenizer, preset=get_preset("tiny"))
+    queries = [Query(wav=tone_clip([262.0, 330.0, 392.0, 440.0][: 2 + i], seed=i), question=f"Tone at {i} s?",
+                     id=f"q{i}") for i in range(3)]
+    forced = ["<think>" + "".join(f" listen {format_segment(0.5 * j, 0.5 * j + 1.0)}," for j in range(i))
+              for i in range(3)]
+    for temperature in (0.0, 0.8):
+        runs = [InterleavedGenerator(lm, temperature=temperature, batch_size=3, lean_decode=lean).generate(
+            queries, seed=4, forced_prefix=forced) for lean in (True, False)]
+        assert [t.n_relistens for t in runs[0]] == [0, 1, 2]
+        for a, b in zip(*runs, strict=True):
+            assert a.completion_ids == b.completion_ids
+            assert np.allclose(a.logprobs, b.logprobs, atol=1e-5)
