@@ -213,7 +213,8 @@ class PretrainSpec:
 
     One plain AdamW over all weights; each step draws one task family for the whole batch
     (lengths alike, little padding). The first `curriculum_steps` steps are single-clip
-    perception only; then the full mix. Steps, not wall time, end the run: it reproduces.
+    perception and text-only reading; then the full mix. Steps, not wall time, end the run:
+    it reproduces.
     """
 
     steps: int = 2000
@@ -221,13 +222,20 @@ class PretrainSpec:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    curriculum_steps: int = 300  # single clips only at first: perception before time
+    curriculum_steps: int = 300  # perception and reading first, time in long scenes after
+    # task family -> weight during the curriculum: single clips, and copying the question's
+    # times from text alone (a text step costs ~1/10 of an audio step)
+    curriculum_weights: tuple[tuple[str, float], ...] = (("single", 0.6), ("read", 0.4))
     decay_start: float = 0.6  # fraction of the steps after which the rate decays linearly ...
     final_lr_fraction: float = 0.1  # ... to this fraction of `learning_rate`
     # task family -> weight after the curriculum (see perception.py for what each is)
     # (single clips are mastered in the curriculum; "span" teaches what SFT needs: copy a time, cite a span)
     task_weights: tuple[tuple[str, float], ...] = (
-        ("single", 0.15), ("multi", 0.05), ("relisten", 0.15), ("onepass", 0.45), ("span", 0.20))
+        ("single", 0.12), ("multi", 0.05), ("relisten", 0.15), ("onepass", 0.38), ("span", 0.20), ("read", 0.10))
+    # question types of the "read" family (every type whose question holds a time) -> weight
+    read_qtypes: tuple[tuple[str, float], ...] = (
+        ("sound_at_time", 0.25), ("tone_at_time", 0.25), ("count_in_span", 0.2), ("knock_count", 0.2),
+        ("pitch_change", 0.1))
     # one-pass question types (from data/questions.py) -> weight (knock counts: the slowest probe)
     onepass_qtypes: tuple[tuple[str, float], ...] = (
         ("sound_at_time", 0.25), ("tone_at_time", 0.10), ("knock_count", 0.45), ("what_follows", 0.20))

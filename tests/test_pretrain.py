@@ -21,12 +21,14 @@ from echo_lite.perception import (
     fine_detail_items,
     present_label_baseline,
     probe_items,
+    read_item,
     relisten_item,
     rows_correct,
     run_probes,
     score_items,
     span_item,
     split_teacher_clause,
+    time_copy_items,
     training_batch,
 )
 from echo_lite.pretrain import PretrainError, learning_rate, pretrain
@@ -56,8 +58,13 @@ def test_training_batches_are_a_pure_function_of_seed_and_step():
     assert [i.question for i in a] == [i.question for i in b]
     assert all(np.array_equal(x, y) for i, j in zip(a, b, strict=True) for x, y in zip(i.clips, j.clips, strict=True))
     assert [i.answer for i in a] != [i.answer for i in c] or [i.question for i in a] != [i.question for i in c]
-    first = training_batch(0, 0, spec, TINY.data)  # the curriculum: single clips first
-    assert {i.task for i in first} == {"single"} and all(len(i.clips) == 1 for i in first)
+    spec = _small(curriculum_steps=12).pretrain  # the curriculum: single clips and text-only reading first
+    tasks = [training_batch(step, 0, spec, TINY.data) for step in range(12)]
+    assert {b[0].task for b in tasks} == {"single", "read"}
+    for batch in tasks:
+        assert len({i.task for i in batch}) == 1  # one family a step
+        assert all(len(i.clips) == (1 if i.task == "single" else 0) for i in batch)
+    assert training_batch(12, 0, spec, TINY.data)[0].task in {"onepass", "relisten"}
 
 
 def test_relisten_item_inserts_the_cited_clip_inside_the_assistant_turn(tiny_tokenizer):
@@ -221,3 +228,40 @@ def test_span_items_ask_for_the_copied_time_and_the_cited_span(qtype, collate):
     assert collate.tok.decode(answer) == it.answer  # the whole clause is the target, nothing more
     full = collate.tok(it.user_text() + it.assistant_prefix + it.answer, add_special_tokens=False).input_ids
     assert prompt + answer == full  # given and target tokenise as the SFT response would
+
+
+@pytest.mark.parametrize("qtype", [q for q, _ in TINY.pretrain.read_qtypes])
+def test_read_items_copy_the_questions_times_from_text_alone(qtype, collate, tiny_model):
+    """The `read` family: no audio at all; the target is the teacher's words from its first
+    number to `<seg>`, which hold every time of the question, copied."""
+    import re
+
+    from echo_lite.config import AUDIO_BOS, SEG_OPEN, THINK_OPEN
+
+    items = [read_item(20 + k, np.random.default_rng(k), qtype, TINY.data) for k in range(3)]
+    for it in items:
+        assert it.task == "read" and it.clips == () and it.n_user_clips == 0 and not it.end_turn
+        assert it.assistant_prefix.startswith(THINK_OPEN) and not re.search(r"\d", it.assistant_prefix)
+        assert SEG_OPEN not in it.answer and it.answer == it.answer.rstrip()
+        times = re.findall(r"\d+\.\d", it.question)
+        assert times and re.findall(r"\d+\.\d", it.answer) == times  # every asked time, in order
+        assert AUDIO_BOS not in it.user_text()
+    batch = collate(items)  # a text-only batch: no audio inputs
+    assert "input_features" not in batch
+    loss = answer_loss(tiny_model, batch)
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_time_copy_items_are_held_out_span_items_cut_to_the_copied_times(collate, tiny_model):
+    import re
+
+    from echo_lite.config import SEG_OPEN
+
+    items = time_copy_items(5, TINY.pretrain, TINY.data)
+    assert {it.meta["qtype"] for it in items} == {q for q, _ in TINY.pretrain.read_qtypes}
+    for it in items:
+        assert it.task == "copy" and len(it.clips) == 1 and SEG_OPEN not in it.answer
+        assert it.meta["seed"] >= TINY.pretrain.probe_seed_offset  # never trained on
+        assert re.findall(r"\d+\.\d", it.answer) == re.findall(r"\d+\.\d", it.question)
+    assert time_copy_items(5, TINY.pretrain, TINY.data)[3].question == items[3].question  # fixed set
+    assert len(score_items(tiny_model, collate, items)) == 5
