@@ -43,7 +43,7 @@ def test_group_advantages():
 
 def test_inserted_audio_tokens_contribute_nothing(forced_traces):
     lm, traces = forced_traces
-    assert all(t.n_relistens == 2 for t in traces)
+    assert all(t.n_relistens >= 2 for t in traces)  # the forced two (the base may add its own)
     policy = trace_logprobs(lm.model, traces)
     inserted = policy.inserted_mask
     assert inserted.sum() > 0 and not (inserted & policy.sampled_mask).any()
