@@ -46,7 +46,7 @@ from echo_lite.config import (
     SEG_OPEN,
     SegmentLimits,
 )
-from echo_lite.decode_step import lean_decode_step, supports_lean_decode
+from echo_lite.decode_step import growing_cache, lean_decode_step, supports_lean_decode
 from echo_lite.model import LoadedModel
 from echo_lite.prompts import INSTRUCTION, build_prompt
 from echo_lite.segments import SegmentReject, parse_segments, validate_segment
@@ -479,12 +479,12 @@ class InterleavedGenerator(InterleaveRuntime):
         th, dev = self.thinker, self.device
         timings: dict[str, float] = defaultdict(float)
         t_begin = time.perf_counter()
-        cache, attn = DynamicCache(), torch.zeros((len(rows), 0), dtype=torch.long, device=dev)
+        cache, attn = growing_cache(), torch.zeros((len(rows), 0), dtype=torch.long, device=dev)
         active, phase = list(rows), "prefill"
         while active:
             if self.cache_mode == "reprefill" and phase != "prefill" and active[0].pending_clips:
                 r = active[0]  # the authors' way: drop the cache and feed the whole context again
-                cache, attn = DynamicCache(), torch.zeros((1, 0), dtype=torch.long, device=dev)
+                cache, attn = growing_cache(), torch.zeros((1, 0), dtype=torch.long, device=dev)
                 r.pending_ids, r.pending_clips, r.next_pos = r.prompt_ids + r.completion, list(r.clips), 0
                 phase = "reprefill"
             elif phase != "prefill":

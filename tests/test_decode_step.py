@@ -123,3 +123,25 @@ def test_generator_tokens_and_logprobs_equal_with_and_without_the_lean_step(tiny
         for a, b in zip(*runs, strict=True):
             assert a.completion_ids == b.completion_ids
             assert np.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_growing_cache_holds_what_dynamic_cache_holds():
+    """Chunks and single tokens appended past the buffer's capacity, rows re-selected by
+    assignment (as compact_cache does): the same keys and values as transformers' cache."""
+    from transformers import DynamicCache
+
+    from echo_lite.decode_step import growing_cache
+
+    g = torch.Generator().manual_seed(5)
+    ref, grow = DynamicCache(), growing_cache()
+    for step, width in enumerate([40, 1, 1, 30, *[1] * 70, 5]):
+        if step == 50:  # keep rows 0 and 2 (new tensors assigned, then appended to)
+            for cache in (ref, grow):
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys[[0, 2]], layer.values[[0, 2]]
+        rows = 3 if step < 50 else 2
+        for li in range(2):
+            k, v = torch.randn(rows, 2, width, 8, generator=g), torch.randn(rows, 2, width, 8, generator=g)
+            got, want = grow.update(k, v, li), ref.update(k, v, li)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert grow.get_seq_length() == ref.get_seq_length() == 40 + 2 + 30 + 70 + 5
