@@ -146,16 +146,22 @@ def onepass_item(seed: int, rng: np.random.Generator, qtype: str, seconds: tuple
                       "labels": [e.label for e in scene.events], "duration": scene.duration})
 
 
+def _first_number_before(think: str, marker: str, qtype: str) -> tuple[int, int]:
+    """(index of the teacher text's first digit, index of its first `marker`); the digit must come first."""
+    first_digit = next((i for i, ch in enumerate(think) if ch.isdigit()), None)
+    at = think.find(marker)
+    if first_digit is None or at < first_digit:
+        raise PerceptionError(f"{qtype}: teacher text {think!r} has no number before its first '{marker}'")
+    return first_digit, at
+
+
 def span_item(seed: int, rng: np.random.Generator, qtype: str, seconds: tuple[float, float],
               data: DataSpec) -> Item:
     """Scene + question; the teacher's reasoning up to its first number is given, the model
     writes from there to the end of the first `</seg>` (a time copied, a span localised)."""
     scene, draft, used = _scene_with(qtype, seed, rng, seconds, data)
     think = draft.think
-    first_digit = next((i for i, ch in enumerate(think) if ch.isdigit()), None)
-    close = think.find(SEG_CLOSE)
-    if first_digit is None or close < first_digit:
-        raise PerceptionError(f"{qtype}: teacher text {think!r} has no number before its first '{SEG_CLOSE}'")
+    first_digit, close = _first_number_before(think, SEG_CLOSE, qtype)
     return Item("span", draft.question, (render_scene(scene, data),), 1, think[first_digit:close + len(SEG_CLOSE)],
                 assistant_prefix=THINK_OPEN + think[:first_digit], end_turn=False,
                 meta={"qtype": qtype, "seed": used, "spans": draft.decisive_spans, "duration": scene.duration})
@@ -166,10 +172,7 @@ def read_item(seed: int, rng: np.random.Generator, qtype: str, data: DataSpec) -
     model writes on to `<seg>`: the times of the question copied (`7.1 to 10.0:`)."""
     _, draft, used = _scene_with(qtype, seed, rng, data.clip_seconds, data)
     think = draft.think
-    first_digit = next((i for i, ch in enumerate(think) if ch.isdigit()), None)
-    seg = think.find(SEG_OPEN)
-    if first_digit is None or seg < first_digit:
-        raise PerceptionError(f"{qtype}: teacher text {think!r} has no number before its first '{SEG_OPEN}'")
+    first_digit, seg = _first_number_before(think, SEG_OPEN, qtype)
     return Item("read", draft.question, (), 0, think[first_digit:seg].rstrip(),
                 assistant_prefix=THINK_OPEN + think[:first_digit], end_turn=False,
                 meta={"qtype": qtype, "seed": used})
