@@ -77,9 +77,12 @@ def lean_decode_step(text_model, input_ids: torch.Tensor, positions: torch.Tenso
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         keys, values = cache.update(k, v, layer_idx)
-        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling,
-                                           enable_gqa=n_kv != n_heads)
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(B, 1, n_heads * head_dim))
+        # One query token: the query heads that share a key/value head become that head's rows
+        # of queries, so attention runs without expanding keys and values (GQA; 20 % faster
+        # than enable_gqa at 16 rows on CPU). Heads are grouped consecutively, as repeat_kv does.
+        o = F.scaled_dot_product_attention(q.reshape(B, n_kv, n_heads // n_kv, head_dim), keys, values,
+                                           attn_mask=mask, scale=attn.scaling)
+        x = x + attn.o_proj(o.reshape(B, 1, n_heads * head_dim))
         h = _rms_norm(layer.post_attention_layernorm, x)
         x = x + layer.mlp(h)
     return _rms_norm(text_model.norm, x)

@@ -23,6 +23,7 @@ from echo_lite.interleave import (
     compact_cache,
     random_span,
 )
+from echo_lite.model import LoadedModel
 from echo_lite.segments import SegmentReject, format_segment, segment_iou
 from echo_lite.signals import tone_clip
 from echo_lite.trace import RuntimeReject, Trace, trace_logprobs
@@ -130,11 +131,15 @@ def test_model_that_writes_tags_resume_equals_reprefill(tagger):
     assert all(t.finish_reason == "stop" for t in a)
 
 
-def test_batched_equals_one_by_one(lm):
-    """Rows with different clips, prompts and tag counts pause at different steps; some end early."""
+@pytest.mark.parametrize("chunk_rows", [0, 1, 4])
+def test_batched_equals_one_by_one(lm, chunk_rows):
+    """Rows with different clips, prompts and tag counts pause at different steps; some end early.
+    Prompts and clips fed all together (0), one row at a time, or four rows at a time."""
     queries = [_query(i, n_tones=4 + i % 4) for i in range(6)]
     forced = [_tags(i % 4, offset=0.1 * i) + (" done</think>" + IM_END if i % 3 == 0 else "") for i in range(6)]
-    batched = InterleavedGenerator(lm, temperature=0, batch_size=6).generate(queries, forced_prefix=forced)
+    grouped = LoadedModel(model=lm.model, tokenizer=lm.tokenizer,
+                          preset=lm.preset.with_overrides(runtime={"chunk_rows": chunk_rows}))
+    batched = InterleavedGenerator(grouped, temperature=0, batch_size=6).generate(queries, forced_prefix=forced)
     single = InterleavedGenerator(lm, temperature=0, batch_size=1).generate(queries, forced_prefix=forced)
     assert [t.n_relistens for t in batched] == [i % 4 for i in range(6)]
     assert {t.finish_reason for t in batched} == {"stop", "length"}
