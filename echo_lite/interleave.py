@@ -11,8 +11,8 @@ Many trajectories run at once: our own decode loop (model forward with a cache a
 logits processors) rather than `generate()`, because rows pause at different times and
 `generate()` cannot insert tokens and features into one row mid-run. A step either
 decodes one token for every row, or feeds the rows that are resuming their chunk (last
-token + the inserted clip; shorter chunks left-padded with masked positions) while the
-other rows wait that step. The KV cache is re-packed when the masked holes pile up and
+token + the inserted clip, or the prompt; shorter chunks left-padded with masked positions;
+at most `RuntimeSpec.chunk_rows` rows at once) while the other rows wait that step. The KV cache is re-packed when the masked holes pile up and
 when finished rows leave the batch.
 
 Modes (the paper's controls): `one_pass` (plain CoT, `<seg>` banned), `tags_only`
