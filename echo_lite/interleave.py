@@ -515,12 +515,18 @@ class InterleavedGenerator(InterleaveRuntime):
                 idx = torch.tensor(sub, device=dev)
                 # Only the columns some stepping row uses: a prompt fed after other rows' prompts
                 # then does not attend over their slots (keys carry their positions: exact).
-                cols = attn[idx].any(0).nonzero()[:, 0]
+                sub_attn = attn[idx]
+                cols = sub_attn.any(0).nonzero()[:, 0]
+                if len(cols) < sub_attn.shape[1]:  # select columns only when some are unused (a copy)
+                    sub_attn = sub_attn[:, cols]
+                else:
+                    cols = None
                 step_cache = DynamicCache()
-                if len(cols):
+                if sub_attn.shape[1]:
                     for li, layer in enumerate(cache.layers):
-                        step_cache.update(layer.keys[idx][:, :, cols], layer.values[idx][:, :, cols], li)
-                step_attn = torch.cat([attn[idx][:, cols], new], dim=1)
+                        k, v = layer.keys[idx], layer.values[idx]
+                        step_cache.update(k if cols is None else k[:, :, cols], v if cols is None else v[:, :, cols], li)
+                step_attn = torch.cat([sub_attn, new], dim=1)
             no_holes = step_attn.shape[1] == min(r.next_pos for r in step_rows)  # every cache slot is a real token
             key_mask = None if no_holes else step_attn
             if self.lean_decode and ids.shape[1] == 1 and audio is None:  # plain decoding: our lean step
