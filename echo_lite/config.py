@@ -156,6 +156,10 @@ class SFTSpec:
     gradient_accumulation_steps: int = 1
     freeze_audio_tower: bool = True
     insert_cited_clips: bool = False  # paper: <seg> is plain text during SFT
+    # With clips inserted: this fraction of cited spans is shown as a tag the runtime declines
+    # (`<seg>a, a</seg>`, masked from the loss, no clip after it) followed by the teacher's own
+    # words, so the model learns to go on when its tag is declined. 0 = never (the paper).
+    declined_tag_fraction: float = 0.0
     # Grow the base's language model to this many blocks before SFT (model.expand_text_depth);
     # None keeps the base as it is (the paper, and every full-size preset).
     text_layers: int | None = None

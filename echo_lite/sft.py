@@ -10,6 +10,7 @@ only; the audio tower is frozen; LoRA (language model only) or full fine-tuning.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from echo_lite.audio import AudioFeaturizer, audio_token_count, cut_span, load_a
 from echo_lite.config import IM_END, SEG_CLOSE, Preset, get_preset
 from echo_lite.model import apply_lora, expand_text_depth, freeze_audio_tower, load_preset_model
 from echo_lite.prompts import audio_insert_text, build_prompt
-from echo_lite.segments import parse_segments, validate_segment
+from echo_lite.segments import format_segment, parse_segments, validate_segment
 
 IGNORE_INDEX = -100
 
@@ -49,6 +50,13 @@ def _response_pieces(response: str) -> list[str]:
     return pieces
 
 
+def _declines(item_id: str, piece: int, fraction: float) -> bool:
+    """Whether the `piece`-th cited span of an item is shown declined: a fixed draw per
+    (item, span), the same in every epoch and every run."""
+    digest = hashlib.blake2b(f"{item_id}:{piece}".encode(), digest_size=8).digest()  # well mixed, unlike crc32
+    return fraction > 0 and int.from_bytes(digest, "big") / 2**64 < fraction
+
+
 def encode_example(tokenizer, item: dict, wav: np.ndarray, preset: Preset, insert_cited_clips: bool) -> EncodedExample:
     """Token ids and labels of one item; pieces are tokenized separately at each `</seg>` so the
     ids match what the interleaved runtime produces when it stops there and resumes."""
@@ -62,6 +70,16 @@ def encode_example(tokenizer, item: dict, wav: np.ndarray, preset: Preset, inser
     pieces = _response_pieces(item["response"]) if insert_cited_clips else [item["response"]]
     duration = len(wav) / 16000
     for i, piece in enumerate(pieces):
+        declined = (insert_cited_clips and i < len(pieces) - 1
+                    and _declines(item.get("id", ""), i, preset.sft.declined_tag_fraction))
+        if declined:  # the tag becomes one the runtime declines; its tokens are not learned
+            tag = parse_segments(piece)[-1]
+            piece = piece[:tag.start_char] + format_segment(tag.span[0], tag.span[0])
+            enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids += enc["input_ids"]
+            labels += [IGNORE_INDEX if a >= tag.start_char else t
+                       for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
+            continue
         piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
         ids += piece_ids
         labels += piece_ids

@@ -71,6 +71,33 @@ def test_labels_cover_the_response_only(sft_data):
     assert sup(plain) == sup(inserted)
 
 
+def test_declined_tags_are_shown_without_a_clip_and_not_learned(sft_data):
+    """declined_tag_fraction: the chosen cited spans become `<seg>a, a</seg>` (which the runtime
+    declines), with no clip after them and no loss on them; the teacher's words around are learned."""
+    from echo_lite.segments import parse_segments, validate_segment
+
+    root, items = sft_data
+    tok = load_tokenizer("tiny")
+    preset = get_preset("tiny")
+    wav = AudioSFTCollator(tok, preset, root, 128).load_wav(items[0])
+    kept = encode_example(tok, items[0], wav, preset, insert_cited_clips=True)
+    always = preset.with_overrides(sft={"declined_tag_fraction": 1.0})
+    ex = encode_example(tok, items[0], wav, always, insert_cited_clips=True)
+    assert len(ex.clips) == 1 and ex.input_ids.count(tok.convert_tokens_to_ids(AUDIO_PAD)) == 100  # the 4 s clip only
+    text = tok.decode(ex.input_ids)
+    tag = parse_segments(text)[-1]
+    assert tag.span[0] == tag.span[1]
+    assert not validate_segment(tag, 4.0, 0, preset.segments).accepted  # the runtime would decline it
+    supervised = tok.decode([i for i, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX])
+    assert "<seg>" not in supervised and supervised.startswith("<think>")
+    assert supervised.endswith(", this is a low tone.</think><answer>low tone</answer><|im_end|>")
+    # a fraction draws a fixed subset of (item, span): the same on every call, some of each kind
+    half = preset.with_overrides(sft={"declined_tag_fraction": 0.5})
+    draws = [len(encode_example(tok, it, wav, half, insert_cited_clips=True).clips) for it in items]
+    assert draws == [len(encode_example(tok, it, wav, half, insert_cited_clips=True).clips) for it in items]
+    assert set(draws) == {1, 2} and len(kept.clips) == 2
+
+
 def test_collator_batches_every_clip_and_refuses_bad_items(sft_data):
     root, items = sft_data
     tok = load_tokenizer("tiny")
