@@ -12,8 +12,8 @@ logits processors) rather than `generate()`, because rows pause at different tim
 `generate()` cannot insert tokens and features into one row mid-run. A step either
 decodes one token for every row, or feeds the rows that are resuming their chunk (last
 token + the inserted clip, or the prompt; shorter chunks left-padded with masked positions;
-at most `RuntimeSpec.chunk_rows` rows at once) while the other rows wait that step. The KV cache is re-packed when the masked holes pile up and
-when finished rows leave the batch.
+at most `RuntimeSpec.chunk_rows` rows at once) while the other rows wait that step. The KV
+cache is re-packed when the masked holes pile up and when finished rows leave the batch.
 
 Modes (the paper's controls): `one_pass` (plain CoT, `<seg>` banned), `tags_only`
 (tags written and judged, nothing inserted), `interleaved`, `random_segment` (a span of

@@ -53,8 +53,10 @@ def _response_pieces(response: str) -> list[str]:
 def _declines(item_id: str, piece: int, fraction: float) -> bool:
     """Whether the `piece`-th cited span of an item is shown declined: a fixed draw per
     (item, span), the same in every epoch and every run."""
+    if fraction <= 0:  # the default: no hashing per sample
+        return False
     digest = hashlib.blake2b(f"{item_id}:{piece}".encode(), digest_size=8).digest()  # well mixed, unlike crc32
-    return fraction > 0 and int.from_bytes(digest, "big") / 2**64 < fraction
+    return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
 def encode_example(tokenizer, item: dict, wav: np.ndarray, preset: Preset, insert_cited_clips: bool) -> EncodedExample:
