@@ -44,9 +44,15 @@ def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+@functools.cache
+def _half_swap(head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """P with x @ P == rotate_half(x) = cat(-x2, x1) (a signed permutation, built once)."""
+    h = head_dim // 2
+    p = torch.zeros((head_dim, head_dim), dtype=dtype, device=device)
+    idx = torch.arange(h, device=device)
+    p[idx + h, idx] = -1.0
+    p[idx, idx + h] = 1.0
+    return p
 
 
 def lean_decode_step(text_model, input_ids: torch.Tensor, positions: torch.Tensor, cache,
@@ -67,15 +73,17 @@ def lean_decode_step(text_model, input_ids: torch.Tensor, positions: torch.Tenso
     x = text_model.embed_tokens(input_ids)
     cos = (ang.cos() * rot.attention_scaling).to(x.dtype)
     sin = (ang.sin() * rot.attention_scaling).to(x.dtype)
+    swap = _half_swap(head_dim, x.dtype, x.device)
     mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
     for layer_idx, layer in enumerate(text_model.layers):
         attn = layer.self_attn
         h = _rms_norm(layer.input_layernorm, x)
-        q = attn.q_proj(h).view(B, 1, n_heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(B, 1, n_kv, head_dim).transpose(1, 2)
+        # RoPE on q and k side by side: (B, heads, 1, head_dim); rotate_half as one product with a
+        # fixed signed permutation (exact), instead of chunk, neg and cat on each tensor
+        qk = torch.cat((attn.q_proj(h), attn.k_proj(h)), dim=-1).view(B, n_heads + n_kv, 1, head_dim)
+        qk = qk * cos + (qk @ swap) * sin
+        q, k = qk[:, :n_heads], qk[:, n_heads:]
         v = attn.v_proj(h).view(B, 1, n_kv, head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
         keys, values = cache.update(k, v, layer_idx)
         # One query token: the query heads that share a key/value head become that head's rows
         # of queries, so attention runs without expanding keys and values (GQA; 20 % faster
