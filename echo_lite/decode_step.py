@@ -46,12 +46,16 @@ def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _half_swap(head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """P with x @ P == rotate_half(x) = cat(-x2, x1) (a signed permutation, built once)."""
+    """P with x @ P == rotate_half(x) = cat(-x2, x1) (a signed permutation, built once).
+
+    Built outside inference mode: the runtime's first call is inside it, and an inference
+    tensor kept in the cache could not be used later where autograd records the product."""
     h = head_dim // 2
-    p = torch.zeros((head_dim, head_dim), dtype=dtype, device=device)
-    idx = torch.arange(h, device=device)
-    p[idx + h, idx] = -1.0
-    p[idx, idx + h] = 1.0
+    with torch.inference_mode(False):
+        p = torch.zeros((head_dim, head_dim), dtype=dtype, device=device)
+        idx = torch.arange(h, device=device)
+        p[idx + h, idx] = -1.0
+        p[idx, idx + h] = 1.0
     return p
 
 
