@@ -106,7 +106,8 @@ def growing_cache():
     Why: `DynamicLayer.update` concatenates, copying the whole cache at every decoding step.
     With 16 rows of ~900 slots that was 15 % of a batched answer on tiny (CPU profile); here
     a step writes its own slots only. `keys`/`values` read as plain tensors (views of the
-    filled part), and assigning them (as `compact_cache` and `merge_rows` do) replaces the buffer.
+    filled part); assigning them (as `compact_cache` does) replaces the buffer, and `update`
+    (as `merge_rows` uses it for a sub-batch's chunk) appends in place.
     """
     from transformers import DynamicCache
 

@@ -583,9 +583,8 @@ def merge_rows(cache, step_cache, idx: torch.Tensor, n_rows: int, width: int) ->
             pads[name] = part.new_zeros((n_rows, *part.shape[1:])).index_copy(0, idx, part)
         if li >= len(cache.layers):  # the first rows ever fed: the full cache starts here
             cache.update(pads["keys"], pads["values"], li)
-            continue
-        for name in ("keys", "values"):
-            setattr(cache.layers[li], name, torch.cat([getattr(cache.layers[li], name), pads[name]], dim=2))
+        else:  # appended in place (growing_cache): a concatenation would copy every row's whole cache
+            cache.layers[li].update(pads["keys"], pads["values"])
 
 
 def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from echo_lite.audio import AudioFeaturizer, audio_token_count, cut_span, load_audio
-from echo_lite.config import IM_END, SEG_CLOSE, Preset, get_preset
+from echo_lite.config import IM_END, SAMPLE_RATE, SEG_CLOSE, Preset, get_preset
 from echo_lite.model import apply_lora, expand_text_depth, freeze_audio_tower, load_preset_model
 from echo_lite.prompts import audio_insert_text, build_prompt
 from echo_lite.segments import format_segment, parse_segments, validate_segment
@@ -70,7 +70,7 @@ def encode_example(tokenizer, item: dict, wav: np.ndarray, preset: Preset, inser
     labels = [IGNORE_INDEX] * len(ids)
     clips = [wav]
     pieces = _response_pieces(item["response"]) if insert_cited_clips else [item["response"]]
-    duration = len(wav) / 16000
+    duration = len(wav) / SAMPLE_RATE
     for i, piece in enumerate(pieces):
         declined = (insert_cited_clips and i < len(pieces) - 1
                     and _declines(item.get("id", ""), i, preset.sft.declined_tag_fraction))
