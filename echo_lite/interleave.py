@@ -581,10 +581,9 @@ def merge_rows(cache, step_cache, idx: torch.Tensor, n_rows: int, width: int) ->
         for name in ("keys", "values"):
             part = getattr(sl, name)[:, :, -width:]
             pads[name] = part.new_zeros((n_rows, *part.shape[1:])).index_copy(0, idx, part)
-        if li >= len(cache.layers):  # the first rows ever fed: the full cache starts here
-            cache.update(pads["keys"], pads["values"], li)
-        else:  # appended in place (growing_cache): a concatenation would copy every row's whole cache
-            cache.layers[li].update(pads["keys"], pads["values"])
+        # the first rows ever fed start the layer; later ones are appended in place (growing_cache):
+        # a concatenation would copy every row's whole cache
+        cache.update(pads["keys"], pads["values"], li)
 
 
 def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:
