@@ -11,7 +11,7 @@ from echo_lite.config import PRESETS, RUNTIME_MODES
 
 def _cmd_demo(args) -> int:
     from echo_lite.config import get_preset
-    from echo_lite.pipeline import format_table, run_demo_pipeline
+    from echo_lite.pipeline import SHIPPED_RESULTS, compare_tables, format_table, run_demo_pipeline
 
     sizes = {k: v for k, v in (("n_items", args.n_items), ("sft_epochs", args.sft_epochs),
                                ("grpo_steps", args.grpo_steps), ("eval_items", args.eval_items)) if v is not None}
@@ -19,6 +19,15 @@ def _cmd_demo(args) -> int:
     rows = run_demo_pipeline(preset, args.run_dir)
     print()
     print(format_table(rows))
+    if args.preset == "tiny" and not sizes and args.seed == get_preset("tiny").demo.seed and SHIPPED_RESULTS.exists():
+        diffs = compare_tables(rows, json.loads(SHIPPED_RESULTS.read_text()))
+        print()
+        if diffs:
+            print(f"{len(diffs)} value(s) differ from the shipped run ({SHIPPED_RESULTS.name}); "
+                  "without espeak-ng the data has no speech events, and another CPU can round differently:")
+            print("\n".join(f"  {d}" for d in diffs))
+        else:
+            print(f"Every value but the timings equals the shipped run's ({SHIPPED_RESULTS.name}): the pipeline reproduced.")
     return 0
 
 

@@ -279,7 +279,7 @@ class PretrainSpec:
 @dataclass(frozen=True)
 class DemoSpec:
     """The main job (`echo-lite demo`): sizes of each stage, so the whole tiny pipeline runs in
-    about 45 minutes on 2 CPU cores and gives the same numbers on every run."""
+    about 35 minutes on 2 CPU cores and gives the same numbers on every run."""
 
     n_items: int = 1200  # items drafted by synth (before routing to sft / rl / eval)
     sft_epochs: float = 2.0

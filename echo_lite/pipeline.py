@@ -18,10 +18,11 @@ re-run (or a notebook) picks up where the last one stopped. Rows of the table:
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
-from echo_lite.config import Preset, get_preset
+from echo_lite.config import DATA_DIR, Preset, get_preset
 from echo_lite.data.synth import synthesize
 from echo_lite.evaluate import evaluate_split
 from echo_lite.grpo import rl_items, run_grpo
@@ -29,6 +30,8 @@ from echo_lite.model import load_preset_model
 from echo_lite.sft import load_sft_model, run_sft, sft_items, steps_per_epoch
 
 TABLE_KEYS = ("accuracy", "late_cue_accuracy", "segment_iou", "segments_per_answer", "seconds_per_answer")
+SHIPPED_RESULTS = DATA_DIR / "demo_results.json"  # the table of the run whose checkpoints ship under data/
+MACHINE_KEYS = ("seconds_per_answer",)  # timings: they depend on the machine, so they are not compared
 
 
 def _stage(msg: str) -> None:
@@ -126,6 +129,28 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
     (run_dir / "results.json").write_text(json.dumps(rows, indent=1))
     _stage(f"done in {time.perf_counter() - t0:.0f} s; results in {run_dir / 'results.json'}")
     return rows
+
+
+def compare_tables(rows: list[dict], reference: list[dict]) -> list[str]:
+    """One line per value where `rows` differ from `reference` (timings excluded); [] when the same.
+
+    The tiny pipeline is seeded throughout, so a re-run on the same kind of machine gives the
+    shipped table value for value; a difference means other data (e.g. no espeak-ng: no speech
+    events) or other float arithmetic (another CPU or library build)."""
+    ref = {r["name"]: r for r in reference}
+    diffs = [f"{name}: not in this run" for name in ref if name not in {r["name"] for r in rows}]
+    for r in rows:
+        if r["name"] not in ref:
+            diffs.append(f"{r['name']}: not in the reference")
+            continue
+        for key in TABLE_KEYS:
+            if key in MACHINE_KEYS:
+                continue
+            a, b = r[key], ref[r["name"]].get(key)
+            same = b is not None and (a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9))
+            if not same:
+                diffs.append(f"{r['name']}: {key} {a:.4f} (reference {b if b is None else f'{b:.4f}'})")
+    return diffs
 
 
 def format_table(rows: list[dict]) -> str:
