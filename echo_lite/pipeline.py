@@ -138,18 +138,16 @@ def compare_tables(rows: list[dict], reference: list[dict]) -> list[str]:
     shipped table value for value; a difference means other data (e.g. no espeak-ng: no speech
     events) or other float arithmetic (another CPU or library build)."""
     ref = {r["name"]: r for r in reference}
-    diffs = [f"{name}: not in this run" for name in ref if name not in {r["name"] for r in rows}]
+    names = {r["name"] for r in rows}
+    diffs = [f"{name}: not in this run" for name in ref if name not in names]
     for r in rows:
         if r["name"] not in ref:
             diffs.append(f"{r['name']}: not in the reference")
             continue
-        for key in TABLE_KEYS:
-            if key in MACHINE_KEYS:
-                continue
-            a, b = r[key], ref[r["name"]].get(key)
-            same = b is not None and (a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9))
-            if not same:
-                diffs.append(f"{r['name']}: {key} {a:.4f} (reference {b if b is None else f'{b:.4f}'})")
+        for key in (k for k in TABLE_KEYS if k not in MACHINE_KEYS):
+            a, b = r[key], ref[r["name"]].get(key, math.inf)
+            if not (math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))):
+                diffs.append(f"{r['name']}: {key} {a:.4f} (reference {b:.4f})")
     return diffs
 
 
