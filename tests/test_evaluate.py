@@ -5,13 +5,16 @@ import json
 
 import pytest
 
+from echo_lite.data.formats import read_manifest
 from echo_lite.data.synth import synthesize
-from echo_lite.evaluate import evaluate_split, summarize
+from echo_lite.evaluate import evaluate_split, summarize, text_only_span
 from echo_lite.model import load_preset_model
+from echo_lite.segments import segment_iou
 
 
-def _rec(correct, cited, ious, late=False, relistens=None, hit=None, qtype="tone_at_time"):
+def _rec(correct, cited, ious, late=False, relistens=None, hit=None, qtype="tone_at_time", text_only=None):
     return {"id": "x", "qtype": qtype, "mode": "interleaved", "late_cue": late, "answer": "a", "predicted": "a",
+            "text_only_iou": text_only,
             "correct": correct, "matched": True, "well_formed": True, "n_cited": len(cited),
             "n_relistens": len(cited) if relistens is None else relistens, "cited": cited, "applied": cited,
             "span_iou": ious, "decisive_hit": hit, "positions": [c[0] / 20 for c in cited], "overlap": 0.0,
@@ -30,8 +33,29 @@ def test_summary_figures_by_hand():
     assert s["segments_per_answer"] == pytest.approx(1.0)
     assert s["relisten_count_histogram"]["0"] == pytest.approx(1 / 3)
     assert s["accuracy_per_qtype"] == {"order": 1.0, "tone_at_time": 0.5}
+    assert all(s[k] != s[k] for k in ("time_given_segment_iou", "text_only_segment_iou"))  # NaN: no time given
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_time_given_spans_are_measured_beside_the_text_only_rule():
+    recs = [_rec(True, [(1, 2)], [0.8], text_only=0.5), _rec(False, [(3, 4), (5, 6)], [0.2, 0.0], text_only=0.3),
+            _rec(True, [(7, 8)], [1.0], qtype="order")]  # no time in its question: in neither figure
+    s = summarize(recs)
+    assert s["time_given_segment_iou"] == pytest.approx((0.8 + 0.2 + 0.0) / 3)
+    assert s["text_only_segment_iou"] == pytest.approx(0.4)
+    assert s["segment_iou"] == pytest.approx(2.0 / 4)
+
+
+def test_text_only_span_reads_the_question():
+    assert text_only_span("Which tone is heard at 7.1 s?", 20.0) == pytest.approx((6.35, 7.85))
+    assert text_only_span("What is heard at 0.2 s?", 20.0) == pytest.approx((0.0, 1.5))  # kept inside the clip
+    assert text_only_span("What is heard at 19.9 s?", 20.0) == pytest.approx((18.5, 20.0))
+    assert text_only_span("How many knocks are heard between 3.0 s and 7.5 s?", 20.0) == (3.0, 7.5)
+    assert text_only_span("From the tone at 4.0 s to the next tone, does the pitch go up or down?", 9.0,
+                          width=1.0) == pytest.approx((3.5, 4.5))
+    assert text_only_span("Which of these sounds is heard first?", 20.0) is None
+    assert text_only_span("How long is the silence between the 3 knocks and the C4 tone?", 20.0) is None
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +69,17 @@ def test_real_run_on_a_synth_split(eval_split, tmp_path):
     lm = load_preset_model("tiny")
     lm.preset = lm.preset.with_overrides(segments={"max_new_tokens": 24})
     res = evaluate_split(lm, eval_split, mode="oracle_segment", limit=4)
+    items = {it.id: it for it in read_manifest(eval_split / "manifest.jsonl")}
     assert res.metrics["n"] == len(res.records) == 4
     for r in res.records:
         assert r["mode"] == "oracle_segment" and r["tokens"] <= 24
+        item = items[r["id"]]
+        prior = text_only_span(item.question, item.duration)
+        assert (r["text_only_iou"] is None) == (prior is None)
+        if prior is not None:  # the rule's span against the clip's own events
+            assert r["text_only_iou"] == max(segment_iou(prior, (e["onset"], e["offset"])) for e in item.events)
         assert r["correct"] in (True, False) and isinstance(r["text"], str)
+    assert 0 < sum(r["text_only_iou"] is not None for r in res.records) < 4  # both kinds of question ran
     path = res.save(tmp_path, "oracle")
     assert json.loads(path.read_text())["n"] == 4
     assert len((tmp_path / "oracle.jsonl").read_text().splitlines()) == 4
