@@ -9,7 +9,6 @@ same way as the method itself.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 
 from echo_lite.answers import extract_answer, is_correct, match_choice
 from echo_lite.audio import load_audio
+from echo_lite.data.filters import TIME_IN_QUESTION
 from echo_lite.data.formats import Item, read_manifest, resolve_audio
 from echo_lite.interleave import InterleavedGenerator, Query
 from echo_lite.model import LoadedModel
@@ -32,7 +32,6 @@ HIT_IOU = 0.3  # a cited span "hits" an annotated event at this IoU (the synth f
 # The text-only rule's window around a time the question gives: about the synthetic world's mean event
 # (1.4-1.8 s per question type in the eval split); 1.0 and 2.0 s score within 0.06 of it there (measured)
 TEXT_ONLY_SPAN_S = 1.5
-_QUESTION_TIME = re.compile(r"(\d+(?:\.\d+)?) s\b")  # "at 7.1 s", "between 3.0 s and 7.0 s"
 
 
 @dataclass
@@ -78,7 +77,7 @@ def text_only_span(question: str, duration: float, width: float = TEXT_ONLY_SPAN
     The baseline a model's spans must beat before one can say they come from the audio: a model
     that only copies the question's time and writes a typical length scores this much
     (TINY_MODEL_NOTES.md)."""
-    times = [float(t) for t in _QUESTION_TIME.findall(question)]
+    times = [float(t) for t in TIME_IN_QUESTION.findall(question)]
     if not times:
         return None
     if len(times) >= 2 and times[0] < times[1]:

@@ -36,7 +36,7 @@ from echo_lite.segments import parse_segments, segment_iou, validate_segment
 
 SFT, RL, DROPPED = "sft", "rl", "dropped"
 _CLAUSE_END = re.compile(r"[;!?\n]|\.(?!\d)")
-_TIME_IN_QUESTION = re.compile(r"(\d+(?:\.\d+)?)\s*s\b")
+TIME_IN_QUESTION = re.compile(r"(\d+(?:\.\d+)?)\s*s\b")  # "at 7.1 s", "between 3.0 s and 7.0 s"
 
 
 @dataclass
@@ -132,7 +132,7 @@ def check_qa(scene: Scene, draft: Draft) -> list[str]:
         if not (0 <= a < b <= scene.duration + 1e-6):
             reasons.append("decisive_span_outside_clip")
             break
-    if any(float(t) > scene.duration for t in _TIME_IN_QUESTION.findall(draft.question)):
+    if any(float(t) > scene.duration for t in TIME_IN_QUESTION.findall(draft.question)):
         reasons.append("question_time_outside_clip")
     if draft.qtype in QTYPES and draft.query and not reasons:
         true = true_options(scene, draft.qtype, draft.query, choices)
