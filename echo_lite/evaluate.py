@@ -29,8 +29,8 @@ from echo_lite.trace import Trace, policy_text
 
 LATE_CUE_S = 10.0  # a decisive event starting here or later is past the paper's 10 s training clips
 HIT_IOU = 0.3  # a cited span "hits" an annotated event at this IoU (the synth filter's threshold)
-# The text-only rule's window around a time the question gives: about the synthetic world's mean event
-# (1.4-1.8 s per question type in the eval split); 1.0 and 2.0 s score within 0.06 of it there (measured)
+# The text-only rule's window around a time the question gives: about a synthetic event's length (the
+# eval split's events average 1.2-1.6 s per question type); 1.0 or 2.0 s score within 0.07 of it (measured)
 TEXT_ONLY_SPAN_S = 1.5
 
 
