@@ -92,6 +92,7 @@ def record_for(item: Item, trace: Trace, tokenizer) -> dict:
     # spans as written, clamped to the clip (the runtime clamps the same way); a start past the end cites nothing
     spans = [(a, min(b, item.duration)) for a, b in cited_spans(text) if a < item.duration]
     events = [(e["onset"], e["offset"]) for e in item.events]
+    best_iou = lambda span: max((segment_iou(span, e) for e in events), default=0.0)  # noqa: E731
     applied = [s.applied for s in trace.segments if s.inserted and s.applied is not None]
     prior = text_only_span(item.question, item.duration)
     return {
@@ -102,8 +103,8 @@ def record_for(item: Item, trace: Trace, tokenizer) -> dict:
         "well_formed": format_reward(text) > 0,
         "n_cited": len(spans), "n_relistens": trace.n_relistens,
         "cited": spans, "applied": applied,
-        "span_iou": [max((segment_iou(s, e) for e in events), default=0.0) for s in spans],
-        "text_only_iou": None if prior is None else max((segment_iou(prior, e) for e in events), default=0.0),
+        "span_iou": [best_iou(s) for s in spans],
+        "text_only_iou": None if prior is None else best_iou(prior),
         "decisive_hit": grounding_score(spans, [tuple(d) for d in item.decisive_spans], HIT_IOU)
         if item.decisive_spans else None,
         "positions": [s[0] / item.duration for s in spans],
