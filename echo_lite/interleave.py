@@ -46,7 +46,7 @@ from echo_lite.config import (
     SEG_OPEN,
     SegmentLimits,
 )
-from echo_lite.decode_step import growing_cache, lean_decode_step, supports_lean_decode
+from echo_lite.decode_step import growing_cache, lean_decode_step, lean_decode_weights, supports_lean_decode
 from echo_lite.model import LoadedModel
 from echo_lite.prompts import INSTRUCTION, build_prompt
 from echo_lite.segments import SegmentReject, parse_segments, validate_segment
@@ -388,6 +388,7 @@ class InterleavedGenerator(InterleaveRuntime):
         self.lm.model.eval()
         self.lean_decode = (supports_lean_decode(self.thinker.model) if self.lean_decode_option is None
                             else self.lean_decode_option)
+        self.lean_weights = lean_decode_weights(self.thinker.model) if self.lean_decode else None
         try:
             return super().generate(queries, seed=seed, seeds=seeds, forced_prefix=forced_prefix)
         finally:
@@ -443,8 +444,9 @@ class InterleavedGenerator(InterleaveRuntime):
         return procs, window
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
-        temp = self.temperature if self.temperature > 0 else 1.0
-        lp_all = torch.log_softmax(logits / temp, dim=-1)  # the policy's log-probs: before any ban
+        # the policy's log-probs: before any ban (no division at temperature 1: one op less a step)
+        scaled = logits if self.temperature in (0.0, 1.0) else logits / self.temperature
+        lp_all = torch.log_softmax(scaled, dim=-1)
         scores = logits.index_fill(1, self.placeholder_index, -float("inf"))
         if self.processors:
             recent = torch.full((len(rows), self.window), self.pad_id, dtype=torch.long)
@@ -480,8 +482,19 @@ class InterleavedGenerator(InterleaveRuntime):
         th, dev = self.thinker, self.device
         timings: dict[str, float] = defaultdict(float)
         t_begin = time.perf_counter()
-        cache, attn = growing_cache(), torch.zeros((len(rows), 0), dtype=torch.long, device=dev)
-        active, phase = list(rows), "prefill"
+        # Rows asking the same question about the same clip object (a GRPO group repeats its item)
+        # share one prompt: the first computes it, the others copy its cache row and sample their
+        # first token from its logits (`_share_prompt`). Re-prefill runs one row at a time.
+        active, followers, leaders = [], defaultdict(list), {}
+        for r in rows:
+            key = (id(r.query.wav), tuple(r.prompt_ids))
+            if key in leaders and self.cache_mode == "resume":
+                followers[id(leaders[key])].append(r)
+            else:
+                leaders[key] = r
+                active.append(r)
+        cache, attn = growing_cache(), torch.zeros((len(active), 0), dtype=torch.long, device=dev)
+        phase = "prefill"
         while active:
             if self.cache_mode == "reprefill" and phase != "prefill" and active[0].pending_clips:
                 r = active[0]  # the authors' way: drop the cache and feed the whole context again
@@ -530,7 +543,7 @@ class InterleavedGenerator(InterleaveRuntime):
             no_holes = step_attn.shape[1] == min(r.next_pos for r in step_rows)  # every cache slot is a real token
             key_mask = None if no_holes else step_attn
             if self.lean_decode and ids.shape[1] == 1 and audio is None:  # plain decoding: our lean step
-                hidden = lean_decode_step(th.model, ids, pos.to(dev), step_cache, key_mask)
+                hidden = lean_decode_step(th.model, ids, pos.to(dev), step_cache, key_mask, self.lean_weights)
             else:
                 hidden = th.model(inputs_embeds=embed_with_audio(th, ids, audio), attention_mask=key_mask,
                                   position_ids=mrope_positions(pos.to(dev)),
@@ -545,6 +558,11 @@ class InterleavedGenerator(InterleaveRuntime):
             for r, tk, lp in zip(step_rows, toks, lps, strict=True):
                 r.pending_clips = []
                 self._accept(r, tk, lp)
+            for j, r in enumerate(step_rows):
+                if id(r) in followers:  # r's prompt is in the cache now
+                    shared = followers.pop(id(r))
+                    attn = self._share_prompt(cache, attn, active, r, shared, logits[j])
+                    timings["shared_prompt_rows"] += len(shared)
             keep = [i for i, r in enumerate(active) if r.finish is None]
             holes = attn.shape[1] - max(r.next_pos for r in active)  # next_pos = real tokens in the cache
             if keep and (len(keep) < len(active) or holes >= self.compact_after):
@@ -554,6 +572,23 @@ class InterleavedGenerator(InterleaveRuntime):
             phase = "decode"
         timings["total_s"] = time.perf_counter() - t_begin
         return dict(timings)
+
+    def _share_prompt(self, cache, attn: torch.Tensor, active: list[_Row], leader: _Row, rows: list[_Row],
+                      logits: torch.Tensor) -> torch.Tensor:
+        """Give `rows` the prompt `leader` has just computed: its cache row and mask copied, their
+        first tokens sampled (each with its own generator) from its logits. Returns the new mask."""
+        row = next(i for i, a in enumerate(active) if a is leader)  # by identity: rows compare as dataclasses
+        idx = torch.full((len(rows),), row, device=attn.device)
+        for layer in cache.layers:
+            layer.keys = torch.cat([layer.keys, layer.keys[idx]])
+            layer.values = torch.cat([layer.values, layer.values[idx]])
+        for r in rows:
+            r.next_pos, r.pending_ids, r.pending_clips = leader.next_pos, [], []
+        toks, lps = self._choose(logits.expand(len(rows), -1), rows)
+        for r, tk, lp in zip(rows, toks, lps, strict=True):
+            self._accept(r, tk, lp)
+        active += rows
+        return torch.cat([attn, attn[idx]])
 
 
 def random_span(dur: float, span: tuple[float, float], rng: np.random.Generator) -> tuple[float, float]:

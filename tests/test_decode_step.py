@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from echo_lite.decode_step import lean_decode_step, supports_lean_decode
+from echo_lite.decode_step import lean_decode_step, lean_decode_weights, supports_lean_decode
 from echo_lite.trace import mrope_positions
 
 
@@ -26,8 +26,12 @@ def _hf_step(text_model, tok, pos, cache, attn=None):
                       use_cache=True).last_hidden_state
 
 
-def _compare(text_model, ids, n_steps=6, attn=None, atol=1e-5):
-    """Decode n_steps tokens both ways from the same prefill; hidden states and caches agree."""
+def _compare(text_model, ids, n_steps=6, attn=None, atol=1e-5, fused=False):
+    """Decode n_steps tokens both ways from the same prefill; hidden states and caches agree.
+
+    fused: the step runs on `lean_decode_weights` (the runtime's default) instead of the modules."""
+    weights = lean_decode_weights(text_model) if fused else None
+    assert (weights is not None) == fused
     ref_cache, lean_cache = _prefill(text_model, ids, attn), _prefill(text_model, ids, attn)
     g = torch.Generator().manual_seed(0)
     B, n = ids.shape
@@ -37,7 +41,7 @@ def _compare(text_model, ids, n_steps=6, attn=None, atol=1e-5):
         if attn is not None:
             attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype)], dim=1)
         ref = _hf_step(text_model, tok, pos, ref_cache, attn)
-        got = lean_decode_step(text_model, tok, pos, lean_cache, attn)
+        got = lean_decode_step(text_model, tok, pos, lean_cache, attn, weights)
         assert got.shape == ref.shape
         torch.testing.assert_close(got, ref, atol=atol, rtol=1e-5)
     for a, b in zip(ref_cache.layers, lean_cache.layers, strict=True):
@@ -50,21 +54,48 @@ def text_model(tiny_model):
     return tiny_model.model.eval()
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["modules", "fused"])
 @torch.inference_mode()
-def test_equals_transformers_forward_one_row(text_model):
+def test_equals_transformers_forward_one_row(text_model, fused):
     assert supports_lean_decode(text_model)
     ids = torch.randint(5, 200, (1, 37), generator=torch.Generator().manual_seed(1))
-    _compare(text_model, ids)
+    _compare(text_model, ids, fused=fused)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["modules", "fused"])
 @torch.inference_mode()
-def test_equals_transformers_forward_with_masked_cache_slots(text_model):
+def test_equals_transformers_forward_with_masked_cache_slots(text_model, fused):
     """Rows of a batch with holes in the cache (left padding, slots of rows that waited)."""
     ids = torch.randint(5, 200, (3, 20), generator=torch.Generator().manual_seed(2))
     attn = torch.ones_like(ids)
     attn[1, :7] = 0
     attn[2, 4:9] = 0
-    _compare(text_model, ids, attn=attn)
+    _compare(text_model, ids, attn=attn, fused=fused)
+
+
+@torch.inference_mode()
+def test_fused_step_in_bfloat16_matches_transformers(tiny_tokenizer):
+    """Half precision keeps the norm modules (they upcast to float32), the rest is fused."""
+    from echo_lite.model import build_tiny_thinker
+
+    text_model = build_tiny_thinker(tiny_tokenizer).model.to(torch.bfloat16).eval()
+    weights = lean_decode_weights(text_model)
+    assert weights.layers[0][0] is text_model.layers[0].input_layernorm
+    ids = torch.randint(5, 200, (2, 25), generator=torch.Generator().manual_seed(5))
+    ref_cache, lean_cache = _prefill(text_model, ids), _prefill(text_model, ids)
+    tok, pos = ids[:, -1:], torch.full((2, 1), 25)
+    ref = _hf_step(text_model, tok, pos, ref_cache)
+    got = lean_decode_step(text_model, tok, pos, lean_cache, None, weights)
+    torch.testing.assert_close(got.float(), ref.float(), atol=0.05, rtol=0.02)
+
+
+def test_rms_norm_as_layer_norm_over_x_and_minus_x():
+    from echo_lite.decode_step import _rms_as_layer_norm
+
+    x = torch.randn(4, 3, 128, generator=torch.Generator().manual_seed(6)) * 3
+    w = torch.randn(128, generator=torch.Generator().manual_seed(7))
+    want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))  # Qwen2RMSNorm's formula
+    torch.testing.assert_close(_rms_as_layer_norm(x, torch.cat((w, w)), 1e-6), want, atol=1e-6, rtol=1e-5)
 
 
 @torch.inference_mode()
@@ -81,6 +112,7 @@ def test_equals_transformers_forward_under_lora(tiny_tokenizer):
     text_model = peft_model.base_model.model.model
     ids = torch.randint(5, 200, (2, 15), generator=torch.Generator().manual_seed(3))
     _compare(text_model, ids)
+    assert lean_decode_weights(text_model) is None  # LoRA layers are not plain Linear: the modules path
     plain = _prefill(text_model, ids)  # and the adapter matters: without it the step differs
     tok, pos = ids[:, -1:], torch.full((2, 1), 15)
     with_adapter = lean_decode_step(text_model, tok, pos, copy.deepcopy(plain))

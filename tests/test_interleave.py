@@ -162,6 +162,27 @@ def test_batched_sampling_equals_one_by_one_with_the_same_seeds(tagger):
     assert [t.completion_ids for t in other] != [t.completion_ids for t in together]
 
 
+@pytest.mark.parametrize("chunk_rows", [0, 4])
+def test_group_rows_share_their_prompt_and_equal_rows_run_alone(tagger, chunk_rows):
+    """A GRPO group (one item repeated, here two groups interleaved with a third question):
+    the repeats copy the first row's prompt cache instead of featurizing, encoding and
+    prefilling it again, and sample as they would alone."""
+    lm, queries, _ = tagger
+    lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer,
+                     preset=lm.preset.with_overrides(runtime={"chunk_rows": chunk_rows}))
+    group = [queries[0]] * 4 + [queries[1]] * 3 + [queries[2]] + [queries[0]]
+    seeds = list(range(30, 30 + len(group)))
+    gen = InterleavedGenerator(lm, temperature=1.0, batch_size=len(group))
+    together = gen.generate(group, seeds=seeds)
+    assert together[0].timings["shared_prompt_rows"] == 3 + 2 + 1
+    alone = [gen.generate([q], seeds=[s])[0] for q, s in zip(group, seeds, strict=True)]
+    assert "shared_prompt_rows" not in alone[0].timings
+    for a, b in zip(together, alone, strict=True):
+        assert a.completion_ids == b.completion_ids
+        assert np.allclose(a.logprobs, b.logprobs, atol=1e-4)
+    assert len({tuple(t.completion_ids) for t in together[:4]}) > 1  # the repeats really sample apart
+
+
 def test_trace_logprobs_reproduce_the_sampled_ones(lm):
     """ONE teacher-forced forward over prompt + completion (with every clip) gives the
     log-probs recorded while sampling (temperature 0.7, rows of 0-3 re-listens)."""
