@@ -14,6 +14,8 @@ decodes one token for every row, or feeds the rows that are resuming their chunk
 token + the inserted clip, or the prompt; shorter chunks left-padded with masked positions;
 at most `RuntimeSpec.chunk_rows` rows at once) while the other rows wait that step. The KV
 cache is re-packed when the masked holes pile up and when finished rows leave the batch.
+Rows with the same question about the same clip (a GRPO group) compute their prompt once:
+the others copy its cache row, as vLLM's prefix caching would.
 
 Modes (the paper's controls): `one_pass` (plain CoT, `<seg>` banned), `tags_only`
 (tags written and judged, nothing inserted), `interleaved`, `random_segment` (a span of
@@ -358,7 +360,8 @@ class InterleavedGenerator(InterleaveRuntime):
     time (the authors' runtime; the baseline for tests and benchmarks). Log-probs are
     recorded as log_softmax(logits / temperature) (raw logits for greedy). Plain decoding
     steps run `lean_decode_step` where the model allows it (lean_decode=None: decided at
-    each `generate`), transformers' forward otherwise and for every chunk with audio.
+    each `generate`; on `lean_decode_weights` when those can be built, else on the
+    modules), transformers' forward otherwise and for every chunk with audio.
     """
 
     backend = "transformers"
