@@ -83,7 +83,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--repeats", type=int, default=5, help="best of this many alternating runs (this machine is noisy)")
+    p.add_argument("--repeats", type=int, default=9,
+                   help="best of this many alternating runs (a shared machine is noisy: one run of the same step can take 2x another)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (tiny ops run best on one)")
     world = get_preset("tiny").data.clip_seconds
     p.add_argument("--tones", type=int, default=round(sum(world) / 2 / 1.5),

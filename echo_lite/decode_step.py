@@ -9,6 +9,9 @@ maths in the same order with the model's own submodules (so LoRA layers, dtypes 
 devices work unchanged) and appends to the same cache (`growing_cache`), so prefill,
 clip insertion and teacher forcing stay transformers' (tests/test_decode_step.py checks
 the hidden states equal transformers' forward, with and without masked cache slots and LoRA).
+The runtime runs it on `lean_decode_weights` (the same weights laid out for fewer, larger
+ops) whenever the projections are plain `nn.Linear`: 0.29 ms against 0.48 ms a step on
+the modules (tiny base, 600 cached tokens).
 
 Scope, checked by `supports_lean_decode`: Qwen2.5-Omni text blocks without sliding
 windows and with default rotary embeddings. The runtime's positions are sequential
@@ -108,8 +111,9 @@ def lean_decode_weights(text_model) -> LeanWeights | None:
     and rotate_half(q, k): one product with [q; k; rotate_half rows; v] gives all of them
     (the rotated rows are the same weights negated and reordered), replacing four
     projections, a concatenation and a permutation product per layer; residual adds ride
-    on the o/down products (addmm); cos and sin come from a table. A step took 0.39 ms
-    against 0.72 ms through the modules (tiny, CPU, one thread, side by side).
+    on the o/down products (addmm); cos and sin come from a table. A step took 0.29 ms
+    against 0.48 ms through the modules (tiny base, 600 cached tokens, CPU, one thread,
+    side by side; 0.58 against 0.95 ms with the 4 blocks of the SFT/GRPO models).
     Built again at every `generate` (training changes the weights); the extra memory is
     the q/k weights once more and the rope table (about 0.5 GB on omni-3b in bf16).
     None when a projection is not a plain `nn.Linear` (LoRA layers stay modules: the step
