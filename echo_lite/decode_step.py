@@ -266,6 +266,7 @@ def _growing_layer_class():
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
+            filled = []
             for name, new in (("keys", key_states), ("values", value_states)):
                 buf, n, add = self._buf[name], self._len[name], new.shape[-2]
                 if buf.dim() != 4 or n + add > buf.shape[-2]:
@@ -275,6 +276,7 @@ def _growing_layer_class():
                     self._buf[name] = buf = grown
                 buf[:, :, n:n + add] = new
                 self._len[name] = n + add
-            return self.keys, self.values
+                filled.append(buf[:, :, :n + add])  # what self.keys / self.values read, without the property
+            return filled[0], filled[1]
 
     return GrowingLayer
