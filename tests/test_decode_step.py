@@ -133,6 +133,22 @@ def test_unsupported_models_fall_back(tiny_tokenizer):
     assert not supports_lean_decode(text_model)
 
 
+@torch.inference_mode()
+def test_fused_layout_is_refused_where_qwen2_has_no_bias(tiny_tokenizer):
+    """A bias on o_proj (none in Qwen2) would be dropped by the addmm residual: the modules path runs."""
+    from echo_lite.model import build_tiny_thinker
+
+    text_model = build_tiny_thinker(tiny_tokenizer).model.eval()
+    assert lean_decode_weights(text_model) is not None
+    attn = text_model.layers[1].self_attn
+    biased = torch.nn.Linear(attn.o_proj.in_features, attn.o_proj.out_features, bias=True)
+    biased.weight.copy_(attn.o_proj.weight)
+    attn.o_proj = biased
+    assert lean_decode_weights(text_model) is None
+    ids = torch.randint(5, 200, (1, 12), generator=torch.Generator().manual_seed(8))
+    _compare(text_model, ids)  # the modules path still equals transformers with the bias
+
+
 def test_generator_tokens_and_logprobs_equal_with_and_without_the_lean_step(tiny_tokenizer):
     """The whole runtime, batched rows with re-listens, greedy and sampled: same tokens either way."""
     import numpy as np
