@@ -10,7 +10,8 @@ token or its own tags cannot change how much work an answer is. Clips default to
 tiny world's mean length (DataSpec.clip_seconds).
 Compared, each on the same answers:
   1. cache resume vs full re-prefill (the authors' runtime) for 0, 1, 2, 4, 8 re-listens,
-     per answer and per re-listen cost (the time above the same answer with none);
+     per answer and per re-listen cost (the time above the same answer with none), and
+     the phases of an answer with 8 (featurize, encode, prefill, decode, resume or re-prefill);
   2. 16 trajectories batched vs one by one (rows pause at different steps): 16 questions
      about 16 clips (evaluation), and one question 16 times (a GRPO group: shared prompt);
   3. interleaved vs one-pass at equal generated tokens.
@@ -137,6 +138,16 @@ def main(argv=None) -> dict:
         c_res, c_rep = t_res - base["resume_s"], t_rep - base["reprefill_s"]
         ratio = f"{c_rep / c_res:.1f}x" if k and c_res > 0 else "-"
         print(f"| {k} | {t_res:.3f} | {t_rep:.3f} | {t_rep / t_res:.2f}x | {c_res:.3f} | {c_rep:.3f} | {ratio} | {same} |")
+    # Where an answer's time goes (the last run's Trace timings, wall clock): re-prefill redoes every
+    # phase but the decoding steps at each pause, so only cheaper decoding steps raise the speedup.
+    phases = {name: {p: v for p, v in t.timings.items() if p.endswith("_s") and p != "total_s"}
+              for name, t in (("resume", a), ("reprefill", b))}
+    figures["phases_at_8"] = phases
+    print()
+    print(f"| phase, {k} re-listens (one run, wall clock) | cache resume s | full re-prefill s |")
+    print("|---|---|---|")
+    for p in sorted(set(phases["resume"]) | set(phases["reprefill"])):
+        print(f"| {p[:-2]} | {phases['resume'].get(p, 0.0):.4f} | {phases['reprefill'].get(p, 0.0):.4f} |")
 
     print()
     fps = [forced_answer(tok, i % 5, budget, clip_s) for i in range(args.batch)]
