@@ -513,6 +513,8 @@ class InterleavedGenerator(InterleaveRuntime):
             chunky = [i for i, r in enumerate(active) if len(r.pending_ids) > 1][:self.chunk_rows or None]
             sub = chunky if chunky and len(chunky) < len(active) else None
             step_rows = active if sub is None else [active[i] for i in sub]
+            if phase == "resume" and not any(r.completion for r in step_rows):
+                phase = "prefill"  # prompts fed after the first `chunk_rows` of them are prefill too
             ids, new, pos = self._step_inputs(step_rows)
             clips = [c for r in step_rows for c in r.pending_clips]
             audio = None

@@ -149,6 +149,19 @@ def test_batched_equals_one_by_one(lm, chunk_rows):
     assert batched[0].timings["batch_size"] == 6 and single[0].timings["batch_size"] == 1
 
 
+def test_prompts_fed_in_several_chunks_are_timed_as_prefill(lm):
+    """Prompts fed a row at a time (chunk_rows=1) count as prefill, not as resume: with no
+    re-listen in the batch there is no resume time at all, and with one there is."""
+    queries = [_query(i, n_tones=4) for i in range(3)]
+    one_row = LoadedModel(model=lm.model, tokenizer=lm.tokenizer,
+                          preset=lm.preset.with_overrides(runtime={"chunk_rows": 1}))
+    gen = InterleavedGenerator(one_row, temperature=0, batch_size=3)
+    plain = gen.generate(queries, forced_prefix=_tags(0) + " done</think>" + IM_END)[0].timings
+    assert plain["prefill_s"] > 0 and "resume_s" not in plain
+    relisten = gen.generate(queries, forced_prefix=[_tags(0), _tags(1), _tags(0)])[0].timings
+    assert relisten["prefill_s"] > 0 and relisten["resume_s"] > 0
+
+
 def test_batched_sampling_equals_one_by_one_with_the_same_seeds(tagger):
     lm, queries, _ = tagger
     gen = InterleavedGenerator(lm, temperature=1.0)
