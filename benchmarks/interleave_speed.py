@@ -74,6 +74,16 @@ def batch_phases(traces) -> dict:
     return {p: sum(t.timings.get(p, 0.0) / t.timings["batch_size"] for t in traces) for p in sorted(names)}
 
 
+def print_phases(title: str, left: tuple[str, dict], right: tuple[str, dict]) -> None:
+    """A markdown table of two runs' phase seconds, side by side."""
+    (a_name, a), (b_name, b) = left, right
+    print()
+    print(f"| phase, {title} (one run, wall clock) | {a_name} s | {b_name} s |")
+    print("|---|---|---|")
+    for p in sorted(set(a) | set(b)):
+        print(f"| {p[:-2]} | {a.get(p, 0.0):.4f} | {b.get(p, 0.0):.4f} |")
+
+
 def best_of(fns: dict, repeats: int, clock) -> dict:
     """Run each function `repeats` times, alternating between them; best time of each."""
     best = {name: float("inf") for name in fns}
@@ -151,11 +161,7 @@ def main(argv=None) -> dict:
     phases = {name: {p: v for p, v in t.timings.items() if p.endswith("_s") and p != "total_s"}
               for name, t in traces_at_8.items()}
     figures["phases_at_8"] = phases
-    print()
-    print("| phase, 8 re-listens (one run, wall clock) | cache resume s | full re-prefill s |")
-    print("|---|---|---|")
-    for p in sorted(set(phases["resume"]) | set(phases["reprefill"])):
-        print(f"| {p[:-2]} | {phases['resume'].get(p, 0.0):.4f} | {phases['reprefill'].get(p, 0.0):.4f} |")
+    print_phases("8 re-listens", ("cache resume", phases["resume"]), ("full re-prefill", phases["reprefill"]))
 
     print()
     fps = [forced_answer(tok, i % 5, budget, clip_s) for i in range(args.batch)]
@@ -183,11 +189,7 @@ def main(argv=None) -> dict:
     # Where 16 questions' time goes: batching shares the decoding steps' products, but each row still
     # brings its own clip to featurize and encode, its own prompt to prefill and its own cache to attend over.
     figures["batched"]["questions"]["phases"] = q_phases
-    print()
-    print(f"| phase, {args.batch} questions (one run, wall clock) | one by one s | batched s |")
-    print("|---|---|---|")
-    for p in sorted(set(q_phases["one_by_one"]) | set(q_phases["batched"])):
-        print(f"| {p[:-2]} | {q_phases['one_by_one'].get(p, 0.0):.4f} | {q_phases['batched'].get(p, 0.0):.4f} |")
+    print_phases(f"{args.batch} questions", ("one by one", q_phases["one_by_one"]), ("batched", q_phases["batched"]))
 
     print()
     print(f"| at {budget} generated tokens | one-pass s/answer | interleaved s/answer | interleaved / one-pass |")
