@@ -13,7 +13,8 @@ Compared, each on the same answers:
      per answer and per re-listen cost (the time above the same answer with none), and
      the phases of an answer with 8 (featurize, encode, prefill, decode, resume or re-prefill);
   2. 16 trajectories batched vs one by one (rows pause at different steps): 16 questions
-     about 16 clips (evaluation), and one question 16 times (a GRPO group: shared prompt);
+     about 16 clips, 16 questions about 8 clips (two a clip, as the eval split asks: shared
+     clip), and one question 16 times (a GRPO group: shared prompt);
   3. interleaved vs one-pass at equal generated tokens.
 Each time is the best of `--repeats` runs, measured alternately. On CPU the clock is
 the process's CPU time by default (one thread: the work done, not the time spent
@@ -168,7 +169,11 @@ def main(argv=None) -> dict:
     batched = InterleavedGenerator(lm, temperature=0, batch_size=args.batch)
     # evaluation: 16 questions about 16 clips; rollouts: a GRPO group, one question 16 times
     # (its rows share the prompt's features, encoding and prefill: InterleavedGenerator._decode)
+    # the eval split asks two questions a clip: the second asker takes the clip from the first's cache
+    pairs = [Query(wav=q.wav, question=f"Which tone is heard at {(i + 5 * j) % args.tones + 0.5} s?",
+                   choices=q.choices, id=f"{q.id}-{j}") for i, q in enumerate(queries[: args.batch // 2]) for j in (0, 1)]
     workloads = {"questions": (queries, f"{args.batch} questions, {args.batch} clips (evaluation)"),
+                 "clip_pairs": (pairs, f"{len(pairs)} questions, {len(pairs) // 2} clips: two a clip, as the eval split"),
                  "group": ([queries[0]] * args.batch, f"{args.batch} rollouts of one question (a GRPO group)")}
     figures["batched"] = {}
     print(f"| {args.batch} trajectories (0-4 re-listens each) | one by one s | batched s | speedup | same tokens |")

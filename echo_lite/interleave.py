@@ -15,7 +15,8 @@ token + the inserted clip, or the prompt; shorter chunks left-padded with masked
 at most `RuntimeSpec.chunk_rows` rows at once) while the other rows wait that step. The KV
 cache is re-packed when the masked holes pile up and when finished rows leave the batch.
 Rows with the same question about the same clip (a GRPO group) compute their prompt once:
-the others copy its cache row, as vLLM's prefix caching would.
+the others copy its cache row, as vLLM's prefix caching would; rows with another question
+about that clip copy the part through the clip and feed only their own question.
 
 Modes (the paper's controls): `one_pass` (plain CoT, `<seg>` banned), `tags_only`
 (tags written and judged, nothing inserted), `interleaved`, `random_segment` (a span of
@@ -487,15 +488,27 @@ class InterleavedGenerator(InterleaveRuntime):
         t_begin = time.perf_counter()
         # Rows asking the same question about the same clip object (a GRPO group repeats its item)
         # share one prompt: the first computes it, the others copy its cache row and sample their
-        # first token from its logits (`_share_prompt`). Re-prefill runs one row at a time.
+        # first token from its logits (`_share_prompt`). Rows asking another question about a clip
+        # already asked about (the eval split asks two a clip) share the prompt up to the end of the
+        # clip: they copy that part of the first asker's cache row and feed only the rest of their
+        # own prompt (`_share_clip`). Re-prefill runs one row at a time.
         active, followers, leaders = [], defaultdict(list), {}
+        clip_askers, clip_followers, shared_len = {}, defaultdict(list), {}
         for r in rows:
             key = (id(r.query.wav), tuple(r.prompt_ids))
-            if key in leaders and self.cache_mode == "resume":
+            if self.cache_mode != "resume":
+                active.append(r)
+            elif key in leaders:
                 followers[id(leaders[key])].append(r)
             else:
                 leaders[key] = r
-                active.append(r)
+                first = clip_askers.setdefault(id(r.query.wav), r)
+                n = self._shared_clip_prefix(first.prompt_ids, r.prompt_ids) if first is not r else 0
+                if n:
+                    clip_followers[id(first)].append(r)
+                    shared_len[id(r)] = n
+                else:
+                    active.append(r)
         cache, attn = growing_cache(), torch.zeros((len(active), 0), dtype=torch.long, device=dev)
         phase = "prefill"
         while active:
@@ -568,6 +581,10 @@ class InterleavedGenerator(InterleaveRuntime):
                     shared = followers.pop(id(r))
                     attn = self._share_prompt(cache, attn, active, r, shared, logits[j])
                     timings["shared_prompt_rows"] += len(shared)
+                if id(r) in clip_followers:
+                    asking = clip_followers.pop(id(r))
+                    attn = self._share_clip(cache, attn, active, r, asking, [shared_len[id(a)] for a in asking])
+                    timings["shared_clip_rows"] += len(asking)
             keep = [i for i, r in enumerate(active) if r.finish is None]
             holes = attn.shape[1] - max(r.next_pos for r in active)  # next_pos = real tokens in the cache
             if keep and (len(keep) < len(active) or holes >= self.compact_after):
@@ -594,6 +611,37 @@ class InterleavedGenerator(InterleaveRuntime):
             self._accept(r, tk, lp)
         active += rows
         return torch.cat([attn, attn[idx]])
+
+
+    def _shared_clip_prefix(self, first: list[int], other: list[int]) -> int:
+        """How many leading prompt tokens `other` can take from `first`'s cache: their common
+        prefix when it holds the whole clip (through `<|audio_eos|>`) and `other` has more of its
+        own to feed; else 0."""
+        n = 0
+        for a, b in zip(first, other):
+            if a != b:
+                break
+            n += 1
+        audio_end = max((i for i, t in enumerate(other) if t == self.eos_audio_id), default=-1) + 1
+        return n if 0 < audio_end <= n < len(other) else 0
+
+    def _share_clip(self, cache, attn: torch.Tensor, active: list[_Row], first: _Row, rows: list[_Row],
+                    lengths: list[int]) -> torch.Tensor:
+        """Give each of `rows` the first `lengths[i]` prompt slots `first` has just computed (the
+        clip and what precedes it; the keys carry their positions, so a copied row is exact) and
+        queue the rest of its own prompt. Returns the new mask."""
+        row = next(i for i, a in enumerate(active) if a is first)
+        idx = torch.full((len(rows),), row, device=attn.device)
+        for layer in cache.layers:
+            layer.keys = torch.cat([layer.keys, layer.keys[idx]])
+            layer.values = torch.cat([layer.values, layer.values[idx]])
+        slots = attn[row].nonzero()[:, 0]  # first's prompt, in order (nothing else of it is cached yet)
+        masks = attn[idx].clone()
+        for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
+            masks[i, slots[n:]] = 0  # first's own question: not r's
+            r.next_pos, r.pending_ids, r.pending_clips = n, r.prompt_ids[n:], []
+        active += rows
+        return torch.cat([attn, masks])
 
 
 def random_span(dur: float, span: tuple[float, float], rng: np.random.Generator) -> tuple[float, float]:

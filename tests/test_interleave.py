@@ -162,6 +162,40 @@ def test_prompts_fed_in_several_chunks_are_timed_as_prefill(lm):
     assert relisten["prefill_s"] > 0 and relisten["resume_s"] > 0
 
 
+@pytest.mark.parametrize("chunk_rows", [0, 4])
+def test_questions_about_one_clip_share_the_clip_and_equal_one_by_one(lm, chunk_rows):
+    """Other questions about a clip already asked about take the prompt up to the end of the
+    clip from the first asker's cache (the eval split asks two questions a clip): the clip is
+    featurized, encoded and prefilled once, and every answer is what it is one by one."""
+    clips = [_query(i, n_tones=4 + i).wav for i in range(3)]
+    asks = [(0, "Which tone is first?"), (1, "Which tone is heard at 2 s?"), (0, "Which tone is last?"),
+            (1, "How many tones?"), (2, "Which tone is first?"), (1, "Which tone is heard at 2 s?")]
+    queries = [Query(wav=clips[c], question=q, choices=["C4", "E4", "G4"], id=f"a{i}") for i, (c, q) in enumerate(asks)]
+    forced = [_tags(i % 3, offset=0.2 * i) for i in range(len(asks))]
+    grouped = LoadedModel(model=lm.model, tokenizer=lm.tokenizer,
+                          preset=lm.preset.with_overrides(runtime={"chunk_rows": chunk_rows}))
+    for temperature in (0.0, 1.0):
+        together = InterleavedGenerator(grouped, temperature=temperature, batch_size=len(asks)).generate(
+            queries, seed=3, forced_prefix=forced)
+        alone = InterleavedGenerator(lm, temperature=temperature, batch_size=1).generate(
+            queries, seed=3, forced_prefix=forced)
+        assert together[0].timings["shared_clip_rows"] == 2  # a2 from a0, a3 from a1
+        assert together[0].timings["shared_prompt_rows"] == 1  # a5 is a1 again
+        assert [t.n_relistens for t in together] == [i % 3 for i in range(len(asks))]
+        for a, b in zip(together, alone, strict=True):
+            assert a.prompt_ids == b.prompt_ids and a.completion_ids == b.completion_ids, a.query_id
+            assert np.allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
+def test_only_a_prefix_through_the_whole_clip_is_shared(lm):
+    gen = InterleavedGenerator(lm, temperature=0)
+    eos = gen.eos_audio_id
+    assert gen._shared_clip_prefix([1, 2, eos, 5, 6], [1, 2, eos, 5, 7, 8]) == 4
+    assert gen._shared_clip_prefix([1, 2, eos, 5], [1, 2, eos]) == 0  # nothing of its own left to feed
+    assert gen._shared_clip_prefix([1, 3, eos, 5], [1, 2, eos, 5]) == 0  # they part before the clip ends
+    assert gen._shared_clip_prefix([1, 2, 5], [1, 2, 6]) == 0  # no clip
+
+
 def test_batched_sampling_equals_one_by_one_with_the_same_seeds(tagger):
     lm, queries, _ = tagger
     gen = InterleavedGenerator(lm, temperature=1.0)
