@@ -525,7 +525,7 @@ class InterleavedGenerator(InterleaveRuntime):
             # pads. At most `chunk_rows` of them at once (see RuntimeSpec.chunk_rows).
             chunky = [i for i, r in enumerate(active) if len(r.pending_ids) > 1][:self.chunk_rows or None]
             sub = chunky if chunky and len(chunky) < len(active) else None
-            step_rows = active if sub is None else [active[i] for i in sub]
+            step_rows = list(active) if sub is None else [active[i] for i in sub]  # a copy: sharing adds to active
             if phase == "resume" and not any(r.completion for r in step_rows):
                 phase = "prefill"  # prompts fed after the first `chunk_rows` of them are prefill too
             ids, new, pos = self._step_inputs(step_rows)
@@ -599,11 +599,7 @@ class InterleavedGenerator(InterleaveRuntime):
                       logits: torch.Tensor) -> torch.Tensor:
         """Give `rows` the prompt `leader` has just computed: its cache row and mask copied, their
         first tokens sampled (each with its own generator) from its logits. Returns the new mask."""
-        row = next(i for i, a in enumerate(active) if a is leader)  # by identity: rows compare as dataclasses
-        idx = torch.full((len(rows),), row, device=attn.device)
-        for layer in cache.layers:
-            layer.keys = torch.cat([layer.keys, layer.keys[idx]])
-            layer.values = torch.cat([layer.values, layer.values[idx]])
+        _, idx = copy_cache_row(cache, active, leader, len(rows), attn.device)
         for r in rows:
             r.next_pos, r.pending_ids, r.pending_clips = leader.next_pos, [], []
         toks, lps = self._choose(logits.expand(len(rows), -1), rows)
@@ -611,7 +607,6 @@ class InterleavedGenerator(InterleaveRuntime):
             self._accept(r, tk, lp)
         active += rows
         return torch.cat([attn, attn[idx]])
-
 
     def _shared_clip_prefix(self, first: list[int], other: list[int]) -> int:
         """How many leading prompt tokens `other` can take from `first`'s cache: their common
@@ -630,11 +625,7 @@ class InterleavedGenerator(InterleaveRuntime):
         """Give each of `rows` the first `lengths[i]` prompt slots `first` has just computed (the
         clip and what precedes it; the keys carry their positions, so a copied row is exact) and
         queue the rest of its own prompt. Returns the new mask."""
-        row = next(i for i, a in enumerate(active) if a is first)
-        idx = torch.full((len(rows),), row, device=attn.device)
-        for layer in cache.layers:
-            layer.keys = torch.cat([layer.keys, layer.keys[idx]])
-            layer.values = torch.cat([layer.values, layer.values[idx]])
+        row, idx = copy_cache_row(cache, active, first, len(rows), attn.device)
         slots = attn[row].nonzero()[:, 0]  # first's prompt, in order (nothing else of it is cached yet)
         masks = attn[idx].clone()
         for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
@@ -642,6 +633,16 @@ class InterleavedGenerator(InterleaveRuntime):
             r.next_pos, r.pending_ids, r.pending_clips = n, r.prompt_ids[n:], []
         active += rows
         return torch.cat([attn, masks])
+
+
+def copy_cache_row(cache, active: list[_Row], row_of: _Row, n: int, device) -> tuple[int, torch.Tensor]:
+    """Append `n` copies of `row_of`'s cache row to every layer; returns its row and the copies' index."""
+    row = next(i for i, a in enumerate(active) if a is row_of)  # by identity: rows compare as dataclasses
+    idx = torch.full((n,), row, device=device)
+    for layer in cache.layers:
+        layer.keys = torch.cat([layer.keys, layer.keys[idx]])
+        layer.values = torch.cat([layer.values, layer.values[idx]])
+    return row, idx
 
 
 def random_span(dur: float, span: tuple[float, float], rng: np.random.Generator) -> tuple[float, float]:

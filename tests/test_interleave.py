@@ -169,7 +169,8 @@ def test_questions_about_one_clip_share_the_clip_and_equal_one_by_one(lm, chunk_
     featurized, encoded and prefilled once, and every answer is what it is one by one."""
     clips = [_query(i, n_tones=4 + i).wav for i in range(3)]
     asks = [(0, "Which tone is first?"), (1, "Which tone is heard at 2 s?"), (0, "Which tone is last?"),
-            (1, "How many tones?"), (2, "Which tone is first?"), (1, "Which tone is heard at 2 s?")]
+            (1, "How many tones?"), (2, "Which tone is first?"), (1, "Which tone is heard at 2 s?"),
+            (0, "Which tone is last?")]
     queries = [Query(wav=clips[c], question=q, choices=["C4", "E4", "G4"], id=f"a{i}") for i, (c, q) in enumerate(asks)]
     forced = [_tags(i % 3, offset=0.2 * i) for i in range(len(asks))]
     grouped = LoadedModel(model=lm.model, tokenizer=lm.tokenizer,
@@ -180,7 +181,7 @@ def test_questions_about_one_clip_share_the_clip_and_equal_one_by_one(lm, chunk_
         alone = InterleavedGenerator(lm, temperature=temperature, batch_size=1).generate(
             queries, seed=3, forced_prefix=forced)
         assert together[0].timings["shared_clip_rows"] == 2  # a2 from a0, a3 from a1
-        assert together[0].timings["shared_prompt_rows"] == 1  # a5 is a1 again
+        assert together[0].timings["shared_prompt_rows"] == 2  # a5 is a1 again, a6 is a2 (itself sharing a clip)
         assert [t.n_relistens for t in together] == [i % 3 for i in range(len(asks))]
         for a, b in zip(together, alone, strict=True):
             assert a.prompt_ids == b.prompt_ids and a.completion_ids == b.completion_ids, a.query_id
