@@ -159,8 +159,7 @@ def main(argv=None) -> dict:
             traces_at_8 = {"resume": a, "reprefill": b}
     # Where an answer's time goes (the last run's Trace timings, wall clock): re-prefill redoes every
     # phase but the decoding steps at each pause, so only cheaper decoding steps raise the speedup.
-    phases = {name: {p: v for p, v in t.timings.items() if p.endswith("_s") and p != "total_s"}
-              for name, t in traces_at_8.items()}
+    phases = {name: batch_phases([t]) for name, t in traces_at_8.items()}
     figures["phases_at_8"] = phases
     print_phases("8 re-listens", ("cache resume", phases["resume"]), ("full re-prefill", phases["reprefill"]))
 
