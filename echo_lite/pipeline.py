@@ -24,7 +24,7 @@ from pathlib import Path
 
 from echo_lite.config import DATA_DIR, Preset, get_preset
 from echo_lite.data.synth import synthesize
-from echo_lite.evaluate import evaluate_split
+from echo_lite.evaluate import METRICS_VERSION, evaluate_split
 from echo_lite.grpo import rl_items, run_grpo
 from echo_lite.model import load_preset_model
 from echo_lite.sft import load_sft_model, run_sft, sft_items, steps_per_epoch
@@ -116,8 +116,9 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
     rows, loaded = [], {}
     for name, model_key, mode in plan:
         cache = run_dir / "eval" / f"{model_key}_{mode}.json"
-        if cache.exists():
-            metrics = json.loads(cache.read_text())
+        cached = json.loads(cache.read_text()) if cache.exists() else {}
+        if cached.get("metrics_version") == METRICS_VERSION:  # an evaluation made with other measures is redone
+            metrics = cached
         else:
             _stage(f"eval: {name}")
             if model_key not in loaded:

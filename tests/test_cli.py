@@ -33,6 +33,20 @@ def test_demo_runs_the_whole_pipeline_small(tmp_path):
     assert "SFT+GRPO interleaved (Echo)" in out.stdout  # the printed table
     assert "shipped run" not in out.stdout  # toy sizes: no comparison with the shipped table
 
+    # Resumed, every stage is reused, but an evaluation cached under other measures is redone
+    stale = tmp_path / "demo" / "eval" / "sft_interleaved.json"
+    kept = tmp_path / "demo" / "eval" / "sft_tags_only.json"
+    cached = json.loads(stale.read_text())
+    stale.write_text(json.dumps({**cached, "metrics_version": 1, "accuracy": 9.0}))
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "seconds_per_answer": 123.0}))
+    again = _run("demo", "--preset", "tiny", "--run-dir", str(tmp_path / "demo"), "--n-items", "40",
+                 "--sft-epochs", "0.2", "--grpo-steps", "1", "--eval-items", "4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    redone = {r["name"]: r for r in json.loads((tmp_path / "demo" / "results.json").read_text())}
+    assert redone["SFT interleaved"]["accuracy"] == rows[2]["accuracy"]  # re-evaluated, not the stale 9.0
+    assert redone["SFT tags_only"]["seconds_per_answer"] == 123.0  # current measures: reused
+    assert "sft:" not in again.stdout + again.stderr and "grpo (" not in again.stdout + again.stderr
+
 
 def test_sft_flags_override_the_preset_only_when_given():
     from echo_lite.cli import build_parser, sft_preset

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from echo_lite.data.formats import read_manifest
+from echo_lite.data.formats import Item, read_manifest
 from echo_lite.data.synth import synthesize
-from echo_lite.evaluate import evaluate_split, summarize, text_only_span
+from echo_lite.evaluate import evaluate_split, named_citations, named_iou, summarize, text_only_span
 from echo_lite.model import load_preset_model
 from echo_lite.segments import segment_iou
 
@@ -47,6 +47,29 @@ def test_time_given_spans_are_measured_beside_the_text_only_rule():
     assert s["segment_iou"] == pytest.approx(2.0 / 4)
 
 
+def _item(events, duration=10.0):
+    return Item(id="i", audio="a.wav", duration=duration, question="q?", choices=[], answer="a", response="",
+                qtype="order", events=[{"onset": a, "offset": b, "label": lab} for a, b, lab in events],
+                decisive_spans=[], cited_spans=[], split="eval", seed=0)
+
+
+def test_cited_spans_are_scored_against_the_events_they_name():
+    item = _item([(1.0, 2.0, "C4 tone"), (3.0, 4.0, "falling chirp"), (6.0, 7.0, "C4 tone"), (8.0, 9.0, "spoken two")])
+    text = ("<think>I check <seg>1.0, 2.0</seg>, the falling chirp; right after it <seg>3.0, 4.0</seg>, there is "
+            "the falling chirp. The tone <seg>6.5, 7.0</seg>. Then <seg>8.0, 12.0</seg>, the rising chirp."
+            "</think><answer>spoken two</answer>")
+    named = named_citations(text, item)
+    # the names of each span's own clause; the answer after </think> names none; the last end is clamped
+    assert named == [((1.0, 2.0), ("falling chirp",)), ((3.0, 4.0), ("falling chirp",)), ((6.5, 7.0), ()),
+                     ((8.0, 10.0), ("rising chirp",))]
+    ious = [named_iou(span, names, item.events) for span, names in named]
+    # a span on the C4 tone that names the chirp scores 0 (against any event it would score 1); a span
+    # that names nothing scores 0; a sound the clip lacks scores 0
+    assert ious == [0.0, 1.0, 0.0, 0.0]
+    assert named_iou((6.5, 7.0), ["c4 TONE"], item.events) == pytest.approx(0.5)  # the better of the two C4 tones
+    assert named_citations("<think>At <seg>11.0, 12.0</seg>, the C4 tone.</think>", item) == []  # starts past the end
+
+
 def test_text_only_span_reads_the_question():
     assert text_only_span("Which tone is heard at 7.1 s?", 20.0) == pytest.approx((6.35, 7.85))
     assert text_only_span("What is heard at 0.2 s?", 20.0) == pytest.approx((0.0, 1.5))  # kept inside the clip
@@ -76,8 +99,10 @@ def test_real_run_on_a_synth_split(eval_split, tmp_path):
         item = items[r["id"]]
         prior = text_only_span(item.question, item.duration)
         assert (r["text_only_iou"] is None) == (prior is None)
-        if prior is not None:  # the rule's span against the clip's own events
-            assert r["text_only_iou"] == max(segment_iou(prior, (e["onset"], e["offset"])) for e in item.events)
+        if prior is not None:  # the rule's span against the events the question is about
+            asked = [tuple(d) for d in item.decisive_spans] or [(e["onset"], e["offset"]) for e in item.events]
+            assert r["text_only_iou"] == max(segment_iou(prior, d) for d in asked)
+        assert r["span_iou"] == [named_iou(tuple(c), n, item.events) for c, n in zip(r["cited"], r["span_names"])]
         assert r["correct"] in (True, False) and isinstance(r["text"], str)
     assert 0 < sum(r["text_only_iou"] is not None for r in res.records) < 4  # both kinds of question ran
     path = res.save(tmp_path, "oracle")

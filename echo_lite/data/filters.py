@@ -8,7 +8,7 @@ LLM judge. Every failure carries a named reason, so the funnel can be counted.
 Which event a cited span names: the labels written in the clause that cites it - the
 analysis after `</seg>` (up to the next `<seg>` or the end of the clause) and, for the
 first span of a clause, the reason before it. Clauses end at ";", "!", "?", a newline,
-or a "." that is not a decimal point.
+a "." that is not a decimal point, or `</think>` (the answer names no cited span).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from echo_lite.rewards import opens_new_sentence
 from echo_lite.segments import parse_segments, segment_iou, validate_segment
 
 SFT, RL, DROPPED = "sft", "rl", "dropped"
-_CLAUSE_END = re.compile(r"[;!?\n]|\.(?!\d)")
+_CLAUSE_END = re.compile(r"[;!?\n]|\.(?!\d)|" + re.escape(THINK_CLOSE))
 TIME_IN_QUESTION = re.compile(r"(\d+(?:\.\d+)?)\s*s\b")  # "at 7.1 s", "between 3.0 s and 7.0 s"
 
 
