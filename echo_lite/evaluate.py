@@ -174,7 +174,7 @@ def summarize(records: list[dict]) -> dict:
         "well_formed": mean([r["well_formed"] for r in records]),
         "with_segment": mean([r["n_cited"] > 0 for r in records]),
         "segment_iou": mean(ious),  # against the events each span names
-        "any_event_segment_iou": mean([v for r in records for v in r.get("any_event_iou", [])]),
+        "any_event_segment_iou": mean([v for r in records for v in r["any_event_iou"]]),
         # the same measure on the questions that give a time, beside the text-only rule on them
         "time_given_segment_iou": mean([v for r in time_given for v in r["span_iou"]]),
         "text_only_segment_iou": mean([r["text_only_iou"] for r in time_given]),

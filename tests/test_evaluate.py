@@ -17,7 +17,7 @@ def _rec(correct, cited, ious, late=False, relistens=None, hit=None, qtype="tone
             "text_only_iou": text_only,
             "correct": correct, "matched": True, "well_formed": True, "n_cited": len(cited),
             "n_relistens": len(cited) if relistens is None else relistens, "cited": cited, "applied": cited,
-            "span_iou": ious, "decisive_hit": hit, "positions": [c[0] / 20 for c in cited], "overlap": 0.0,
+            "span_iou": ious, "any_event_iou": ious, "decisive_hit": hit, "positions": [c[0] / 20 for c in cited], "overlap": 0.0,
             "tokens": 10, "seconds": 0.5, "text": ""}
 
 
