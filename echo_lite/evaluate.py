@@ -89,6 +89,55 @@ def named_iou(span: tuple[float, float], names: Sequence[str], events: Sequence[
                default=0.0)
 
 
+# What a cited span holds and what its clause names (`span_outcome`), in the order notebook 03 shows them.
+SPAN_OUTCOMES = (
+    "names the sound it overlaps most",
+    "names a sound it overlaps less",
+    "overlaps a sound, names one heard elsewhere",
+    "overlaps a sound, names one the clip lacks",
+    "lies on silence",
+    "names nothing",
+)
+
+
+def span_outcome(span: tuple[float, float], names: Sequence[str], events: Sequence[dict]) -> str:
+    """Which of `SPAN_OUTCOMES` a cited span is: where the named IoU is lost.
+
+    Why: a span can score 0 because it fell off the sound (localisation) or because its clause
+    names a sound other than the one it holds (perception, or a name copied from the question);
+    the two call for different remedies."""
+    if not names:
+        return SPAN_OUTCOMES[5]
+    overlaps = [(min(span[1], e["offset"]) - max(span[0], e["onset"]), e["label"].lower()) for e in events]
+    overlaps = [(o, lab) for o, lab in overlaps if o > 0]
+    if not overlaps:
+        return SPAN_OUTCOMES[4]
+    wanted = {n.lower() for n in names}
+    if max(overlaps)[1] in wanted:
+        return SPAN_OUTCOMES[0]
+    if any(lab in wanted for _, lab in overlaps):
+        return SPAN_OUTCOMES[1]
+    if any(e["label"].lower() in wanted for e in events):
+        return SPAN_OUTCOMES[2]
+    return SPAN_OUTCOMES[3]
+
+
+def span_outcomes(records: Sequence[dict], items: Sequence[Item]) -> dict[str, dict[str, float]]:
+    """outcome -> {"share": of all cited spans, "n", "mean_iou": their named IoU} over the answers'
+    records (`evaluate_items`), each read against its item's events (matched by id)."""
+    by_id = {it.id: it for it in items}
+    missing = sorted({r["id"] for r in records} - set(by_id))
+    if missing:
+        raise ValueError(f"records of {len(missing)} answer(s) have no item to read their events from, e.g. {missing[0]!r}")
+    ious: dict[str, list[float]] = {o: [] for o in SPAN_OUTCOMES}
+    for r in records:
+        for span, names, iou in zip(r["cited"], r["span_names"], r["span_iou"], strict=True):
+            ious[span_outcome(tuple(span), names, by_id[r["id"]].events)].append(iou)
+    total = sum(len(v) for v in ious.values())
+    return {o: {"share": len(v) / total if total else 0.0, "n": len(v),
+                "mean_iou": float(np.mean(v)) if v else float("nan")} for o, v in ious.items()}
+
+
 def is_late_cue(item: Item) -> bool:
     return bool(item.decisive_spans) and min(s[0] for s in item.decisive_spans) >= LATE_CUE_S
 

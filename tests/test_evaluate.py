@@ -3,11 +3,21 @@ model over a split written by the synth stage."""
 
 import json
 
+import numpy as np
 import pytest
 
 from echo_lite.data.formats import Item, read_manifest
 from echo_lite.data.synth import synthesize
-from echo_lite.evaluate import evaluate_split, named_citations, named_iou, summarize, text_only_span
+from echo_lite.evaluate import (
+    SPAN_OUTCOMES,
+    evaluate_split,
+    named_citations,
+    named_iou,
+    span_outcome,
+    span_outcomes,
+    summarize,
+    text_only_span,
+)
 from echo_lite.model import load_preset_model
 from echo_lite.segments import segment_iou
 
@@ -68,6 +78,30 @@ def test_cited_spans_are_scored_against_the_events_they_name():
     assert ious == [0.0, 1.0, 0.0, 0.0]
     assert named_iou((6.5, 7.0), ["c4 TONE"], item.events) == pytest.approx(0.5)  # the better of the two C4 tones
     assert named_citations("<think>At <seg>11.0, 12.0</seg>, the C4 tone.</think>", item) == []  # starts past the end
+
+
+def test_span_outcomes_tell_a_span_off_the_sound_from_a_sound_misnamed():
+    item = _item([(1.0, 2.0, "C4 tone"), (3.0, 4.0, "falling chirp"), (6.0, 7.0, "C4 tone"), (8.0, 9.0, "spoken two")])
+    ev = item.events
+    assert span_outcome((1.2, 2.5), ["c4 tone"], ev) == "names the sound it overlaps most"
+    assert span_outcome((1.8, 3.9), ["C4 tone"], ev) == "names a sound it overlaps less"  # mostly the chirp
+    assert span_outcome((3.0, 4.0), ["spoken two"], ev) == "overlaps a sound, names one heard elsewhere"
+    assert span_outcome((3.0, 4.0), ["6 knocks"], ev) == "overlaps a sound, names one the clip lacks"
+    assert span_outcome((4.5, 5.5), ["falling chirp"], ev) == "lies on silence"
+    assert span_outcome((2.0, 3.0), ["C4 tone"], ev) == "lies on silence"  # touching edges overlap nothing
+    assert span_outcome((1.0, 2.0), [], ev) == "names nothing"
+    assert SPAN_OUTCOMES[0] == "names the sound it overlaps most" and len(set(SPAN_OUTCOMES)) == 6
+
+    recs = [{"id": "i", "cited": [[1.2, 2.5], [3.0, 4.0], [4.5, 5.5]], "span_names": [["C4 tone"], ["6 knocks"], []],
+             "span_iou": [0.5, 0.0, 0.0]},
+            {"id": "i", "cited": [[6.0, 7.0]], "span_names": [["C4 tone"]], "span_iou": [1.0]}]
+    out = span_outcomes(recs, [item])
+    assert list(out) == list(SPAN_OUTCOMES)
+    assert out["names the sound it overlaps most"] == {"share": 0.5, "n": 2, "mean_iou": 0.75}
+    assert out["overlaps a sound, names one the clip lacks"]["n"] == 1 and out["names nothing"]["share"] == 0.25
+    assert np.isnan(out["lies on silence"]["mean_iou"]) and sum(o["n"] for o in out.values()) == 4
+    with pytest.raises(ValueError, match="no item to read their events from, e.g. 'other'"):
+        span_outcomes([{**recs[0], "id": "other"}], [item])
 
 
 def test_text_only_span_reads_the_question():
