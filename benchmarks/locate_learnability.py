@@ -14,7 +14,7 @@ span, which a model that ignores the audio could reach):
               "When do you hear the tone?"
   one_sound:  one sound of the synthetic world (any kind) alone in a 5-10 s scene; "When do you hear
               the sound?" (knock runs and melodies have silences inside them);
-  named_tone: 2-4 tones of distinct named pitches in an 8-18 s clip; "When do you hear the E4 tone?"
+  named_tone: 2-4 tones (`--tones`) of distinct named pitches in an 8-18 s clip; "When do you hear the E4 tone?"
   mixed:      named_tone items, with one_tone items and "Which tone is this?" (the pitch's name) first
               (the first 300 steps) and in 30 % of the later steps: the parts taught before the whole.
 `--question-first` writes the question before the clip; `--text-layers` changes the depth.
@@ -119,21 +119,24 @@ def named_tone_item(rng: np.random.Generator, n_tones=(2, 4), seconds=(8.0, 18.0
                 format_segment(*spans[q]), meta={"span": spans[q]})
 
 
-def training_items(task: str, rng: np.random.Generator, step: int, batch: int, data: DataSpec) -> list[Item]:
+def training_items(task: str, rng: np.random.Generator, step: int, batch: int, data: DataSpec,
+                   n_tones=(2, 4)) -> list[Item]:
     if task == "one_sound":
         return [one_sound_item(rng, data) for _ in range(batch)]
     if task == "one_tone":
         return [one_tone_item(rng) for _ in range(batch)]
     if task == "named_tone":
-        return [named_tone_item(rng) for _ in range(batch)]
+        return [named_tone_item(rng, n_tones) for _ in range(batch)]
     # mixed: the parts (where is the one tone, which tone is it) first, then mostly the whole
     draw = rng.random()
-    make = tone_part_item if step < 300 or draw < 0.3 else named_tone_item
-    return [make(rng) for _ in range(batch)]
+    if step < 300 or draw < 0.3:
+        return [tone_part_item(rng) for _ in range(batch)]
+    return [named_tone_item(rng, n_tones) for _ in range(batch)]
 
 
-def held_out(task: str, n: int, data: DataSpec) -> list[Item]:
-    make = {"one_tone": one_tone_item, "one_sound": lambda rng: one_sound_item(rng, data)}.get(task, named_tone_item)
+def held_out(task: str, n: int, data: DataSpec, n_tones=(2, 4)) -> list[Item]:
+    make = {"one_tone": one_tone_item, "one_sound": lambda rng: one_sound_item(rng, data)}.get(
+        task, lambda rng: named_tone_item(rng, n_tones))
     return [make(np.random.default_rng(10_000 + k)) for k in range(n)]
 
 
@@ -154,6 +157,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--held-out", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="the model's initialisation and the training items")
+    p.add_argument("--tones", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"),
+                   help="how many tones a named_tone clip holds")
     p.add_argument("--question-first", action="store_true", help="write the question before the clip (QuestionFirstItem)")
     p.add_argument("--json", default=None, help="also write the curve to this JSON file")
     p.add_argument("--text-layers", type=int, default=None, help="text blocks (default: the preset's base, 2)")
@@ -168,7 +173,7 @@ def main(argv=None) -> list[dict]:
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     layout = (lambda it: QuestionFirstItem(**vars(it))) if args.question_first else (lambda it: it)
-    held = [layout(it) for it in held_out(args.task, args.held_out, preset.data)]
+    held = [layout(it) for it in held_out(args.task, args.held_out, preset.data, tuple(args.tones))]
     spans = np.array([it.meta["span"] for it in held])
     const = tuple(spans.mean(0))  # the best a span that ignores the audio does, about
     const_iou = round(float(np.mean([segment_iou(const, s) for s in spans])), 3)
@@ -176,7 +181,7 @@ def main(argv=None) -> list[dict]:
                       "constant_span_iou": const_iou}))
     rng, rows, losses, t0 = np.random.default_rng(args.seed), [], [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        items = training_items(args.task, rng, step - 1, spec.batch_size, preset.data)
+        items = training_items(args.task, rng, step - 1, spec.batch_size, preset.data, tuple(args.tones))
         loss = answer_loss(model, collate([layout(it) for it in items]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,6 +199,7 @@ def main(argv=None) -> list[dict]:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"task": args.task, "text_layers": arch.text_layers, "question_first": args.question_first,
+                       "tones": list(args.tones) if args.task in ("named_tone", "mixed") else None,
                        "seed": args.seed, "threads": args.threads, "constant_span_iou": const_iou, "curve": rows}, f, indent=2)
     return rows
 
