@@ -45,12 +45,13 @@ class QuestionFirstItem(Item):
     the audio tokens can then attend to the question, so each can mark itself as the sound asked about."""
 
     def user_text(self) -> str:
-        messages = chat_messages(self.question, None, 0, instruction=None)
-        messages[1]["content"] = messages[1]["content"] + [{"type": "audio"}] * self.n_user_clips
+        messages = chat_messages(self.question, None, self.n_user_clips, instruction=None)  # as Item.user_text
+        messages[1]["content"].reverse()  # [audio..., text] -> [text, audio...]
         text = render_chat(messages)
         return expand_audio_placeholders(text, [audio_token_count(len(c)) for c in self.clips[: self.n_user_clips]])
 
 
+# Whole hertz, not world.note_hz: the committed curves were measured with these (C4 262 against 261.63).
 NOTES = {"C4": 262, "D4": 294, "E4": 330, "F4": 349, "G4": 392, "A4": 440, "B4": 494, "C5": 523}
 NOISE_RMS, TONE_AMPLITUDE, RAMP_S = 0.003, 0.3, 0.02
 
