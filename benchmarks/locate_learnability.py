@@ -3,6 +3,8 @@
     PYTHONPATH=. python benchmarks/locate_learnability.py --task one_tone --steps 2000
     PYTHONPATH=. python benchmarks/locate_learnability.py --task named_tone --steps 1200 [--text-layers 4]
     PYTHONPATH=. python benchmarks/locate_learnability.py --task named_tone --steps 1200 --question-first
+    PYTHONPATH=. python benchmarks/locate_learnability.py --task named_tone --tones 2 2 --seconds 5 8 --steps 4000
+    PYTHONPATH=. python benchmarks/locate_learnability.py --task named_sound --steps 1200 --init base
 
 The shipped recipe's localisation is weak (named IoU 0.26 after SFT). This isolates the step from
 audio to `<seg>a, b</seg>`, with nothing else to learn, so that the part that fails can be named.
@@ -14,10 +16,21 @@ span, which a model that ignores the audio could reach):
               "When do you hear the tone?"
   one_sound:  one sound of the synthetic world (any kind) alone in a 5-10 s scene; "When do you hear
               the sound?" (knock runs and melodies have silences inside them);
-  named_tone: 2-4 tones (`--tones`) of distinct named pitches in an 8-18 s clip; "When do you hear the E4 tone?"
+  named_tone: 2-4 tones (`--tones`) of distinct named pitches in an 8-18 s clip (`--seconds`);
+              "When do you hear the E4 tone?"
   mixed:      named_tone items, with one_tone items and "Which tone is this?" (the pitch's name) first
               (the first 300 steps) and in 30 % of the later steps: the parts taught before the whole.
-`--question-first` writes the question before the clip; `--text-layers` changes the depth.
+  named_sound: 2-4 sounds of the world of distinct kinds in an 8-18 s scene (`--tones`, `--seconds`);
+              "When do you hear the knocks?"
+              (selection by kind, as the eval split's questions name sounds).
+For the tasks with several sounds each evaluation also scores the span against the nearest sound of the clip
+(`any_sound_iou`): a model that finds a sound but not the named one scores high there and low on the named one.
+`--question-first` writes the question before the clip; `--text-layers` changes the depth, `--audio-window` the
+encoder's attention window (one window over the whole clip puts an absolute time in every audio frame); `--init base` starts
+from the shipped pretrained base (data/tiny_base) instead of a fresh model; `--curriculum` trains the named tasks
+on fewer sounds in shorter clips first (2 in 5-8 s, then 2-3 in 7-12 s, each a third of the steps); `--paired` asks
+about two sounds of every training clip in the same batch, so that only the name tells the two answers apart;
+`--by-order` names the tone by its place ("the second tone"): whether the model can select by any word.
 Every item is a pure function of the seeds: the run gives the same figures on every run.
 """
 
@@ -34,7 +47,7 @@ import torch
 from echo_lite.audio import audio_token_count
 from echo_lite.config import SAMPLE_RATE, DataSpec, get_preset
 from echo_lite.data.world import render_scene, sample_scene
-from echo_lite.model import build_tiny_thinker, load_tokenizer
+from echo_lite.model import build_tiny_thinker, load_preset_model, load_tokenizer
 from echo_lite.perception import Collator, Item, answer_loss, generate_answer
 from echo_lite.prompts import chat_messages, expand_audio_placeholders, render_chat
 from echo_lite.segments import format_segment, parse_segments, segment_iou
@@ -77,7 +90,7 @@ def one_tone_clip(rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, fl
 
 
 def _where_is_the_tone(wav: np.ndarray, span: tuple[float, float]) -> Item:
-    return Item("one_tone", "When do you hear the tone?", (wav,), 1, format_segment(*span), meta={"span": span})
+    return Item("one_tone", "When do you hear the tone?", (wav,), 1, format_segment(*span), meta={"span": span, "all_spans": [span]})
 
 
 def one_tone_item(rng: np.random.Generator) -> Item:
@@ -98,11 +111,21 @@ def one_sound_item(rng: np.random.Generator, data: DataSpec) -> Item:
     e = scene.events[0]
     span = (e.onset, min(e.offset, scene.duration))
     return Item("one_sound", "When do you hear the sound?", (render_scene(scene, data),), 1, format_segment(*span),
-                meta={"span": span, "kind": e.kind})
+                meta={"span": span, "all_spans": [span], "kind": e.kind})
 
 
-def named_tone_item(rng: np.random.Generator, n_tones=(2, 4), seconds=(8.0, 18.0)) -> Item:
-    """2-4 tones of distinct pitches, 0.2 s or more apart; the question names one of them."""
+def _asked(rng: np.random.Generator, k: int, asks: int) -> list[int]:
+    """Which of a clip's k sounds the questions name: one at random, or `asks` distinct ones (`--paired`)."""
+    return [int(rng.integers(k))] if asks == 1 else [int(q) for q in rng.choice(k, size=asks, replace=False)]
+
+
+ORDINALS = ("first", "second", "third", "fourth")
+
+
+def named_tone_items(rng: np.random.Generator, n_tones=(2, 4), seconds=(8.0, 18.0), asks: int = 1,
+                     by_order: bool = False) -> list[Item]:
+    """2-4 tones of distinct pitches, 0.2 s or more apart; each question names one of them, by its pitch
+    ("the E4 tone") or by its place (`by_order`: "the second tone")."""
     length = float(rng.uniform(*seconds))
     k = int(rng.integers(n_tones[0], n_tones[1] + 1))
     names = list(rng.choice(list(NOTES), size=k, replace=False))
@@ -115,19 +138,59 @@ def named_tone_item(rng: np.random.Generator, n_tones=(2, 4), seconds=(8.0, 18.0
         spans.append((onset, offset))
         add_tone(wav, onset, offset, NOTES[names[j]])
         t0 = t0 + durs[j] + gaps[j + 1]
-    q = int(rng.integers(k))
-    return Item("named_tone", f"When do you hear the {names[q]} tone?", (wav.astype(np.float32),), 1,
-                format_segment(*spans[q]), meta={"span": spans[q]})
+    wav = wav.astype(np.float32)
+    return [Item("named_tone", f"When do you hear the {ORDINALS[q] if by_order else names[q]} tone?", (wav,), 1,
+                 format_segment(*spans[q]), meta={"span": spans[q], "all_spans": spans}) for q in _asked(rng, k, asks)]
+
+
+def named_tone_item(rng: np.random.Generator, n_tones=(2, 4), seconds=(8.0, 18.0), by_order: bool = False) -> Item:
+    return named_tone_items(rng, n_tones, seconds, by_order=by_order)[0]
+
+
+SOUND_NOUNS = {"tone": "tone", "chirp": "chirp", "knocks": "knocks", "noise": "noise", "melody": "melody",
+               "speech": "word"}
+
+
+def named_sound_items(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds=(8.0, 18.0),
+                      asks: int = 1) -> list[Item]:
+    """2-4 sounds of the world, of distinct kinds, in one scene; each question names one by its kind."""
+    k = int(rng.integers(n_sounds[0], n_sounds[1] + 1))
+    while True:  # redraw until the scene holds k sounds of k kinds (a few draws)
+        scene = sample_scene(int(rng.integers(2**31)), duration=seconds, spec=data, n_events=k, overlap_prob=0.0)
+        if len({e.kind for e in scene.events}) == len(scene.events) == k:
+            break
+    spans = [(e.onset, min(e.offset, scene.duration)) for e in scene.events]
+    wav = render_scene(scene, data)
+    return [Item("named_sound", f"When do you hear the {SOUND_NOUNS[scene.events[q].kind]}?", (wav,), 1,
+                 format_segment(*spans[q]), meta={"span": spans[q], "all_spans": spans}) for q in _asked(rng, k, asks)]
+
+
+def named_sound_item(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds=(8.0, 18.0)) -> Item:
+    return named_sound_items(rng, data, n_sounds, seconds)[0]
+
+
+def stage_of(step: int, steps: int, n_sounds: tuple[int, int], curriculum: bool, seconds=(8.0, 18.0)):
+    """(how many sounds, clip seconds) for a training step: the eval's own, or the curriculum's stage."""
+    if curriculum and step < steps / 3:
+        return (2, 2), (5.0, 8.0)  # the shortest that fits two 2 s sounds and their gaps
+    if curriculum and step < 2 * steps / 3:
+        return (2, min(3, n_sounds[1])), (7.0, 12.0)
+    return n_sounds, seconds
 
 
 def training_items(task: str, rng: np.random.Generator, step: int, batch: int, data: DataSpec,
-                   n_tones=(2, 4)) -> list[Item]:
+                   n_tones=(2, 4), steps: int = 0, curriculum: bool = False, seconds=(8.0, 18.0),
+                   paired: bool = False, by_order: bool = False) -> list[Item]:
+    n, seconds = stage_of(step, steps, n_tones, curriculum, seconds)
+    asks = 2 if paired else 1  # --paired: half the clips, each asked about two of its sounds
+    if task == "named_sound":
+        return [it for _ in range(batch // asks) for it in named_sound_items(rng, data, n, seconds, asks)]
+    if task == "named_tone":
+        return [it for _ in range(batch // asks) for it in named_tone_items(rng, n, seconds, asks, by_order)]
     if task == "one_sound":
         return [one_sound_item(rng, data) for _ in range(batch)]
     if task == "one_tone":
         return [one_tone_item(rng) for _ in range(batch)]
-    if task == "named_tone":
-        return [named_tone_item(rng, n_tones) for _ in range(batch)]
     # mixed: the parts (where is the one tone, which tone is it) first, then mostly the whole
     draw = rng.random()
     if step < 300 or draw < 0.3:
@@ -135,24 +198,31 @@ def training_items(task: str, rng: np.random.Generator, step: int, batch: int, d
     return [named_tone_item(rng, n_tones) for _ in range(batch)]
 
 
-def held_out(task: str, n: int, data: DataSpec, n_tones=(2, 4)) -> list[Item]:
-    make = {"one_tone": one_tone_item, "one_sound": lambda rng: one_sound_item(rng, data)}.get(
-        task, lambda rng: named_tone_item(rng, n_tones))
+def held_out(task: str, n: int, data: DataSpec, n_tones=(2, 4), seconds=(8.0, 18.0), by_order: bool = False) -> list[Item]:
+    make = {"one_tone": one_tone_item, "one_sound": lambda rng: one_sound_item(rng, data),
+            "named_sound": lambda rng: named_sound_item(rng, data, n_tones, seconds)}.get(
+        task, lambda rng: named_tone_item(rng, n_tones, seconds, by_order))
     return [make(np.random.default_rng(10_000 + k)) for k in range(n)]
 
 
-def span_iou(model, tok, items: list[Item]) -> float:
-    """Mean IoU of the first well-formed span of each greedy answer (0 where there is none)."""
-    ious = []
+def span_iou(model, tok, items: list[Item]) -> dict:
+    """Mean IoU of the first well-formed span of each greedy answer (0 where there is none): against the
+    asked-for sound (`held_out_iou`) and, where a clip holds several, against the nearest one (`any_sound_iou`)."""
+    named, nearest = [], []
     for it in items:
         tags = [t for t in parse_segments(generate_answer(model, tok, it, max_new_tokens=16)) if t.ok]
-        ious.append(segment_iou(tags[0].span, it.meta["span"]) if tags else 0.0)
-    return float(np.mean(ious))
+        span = tags[0].span if tags else None
+        named.append(segment_iou(span, it.meta["span"]) if span else 0.0)
+        nearest.append(max(segment_iou(span, s) for s in it.meta["all_spans"]) if span else 0.0)
+    out = {"held_out_iou": round(float(np.mean(named)), 3)}
+    if all(len(it.meta["all_spans"]) > 1 for it in items):
+        out["any_sound_iou"] = round(float(np.mean(nearest)), 3)
+    return out
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--task", choices=("one_tone", "one_sound", "named_tone", "mixed"), default="one_tone")
+    p.add_argument("--task", choices=("one_tone", "one_sound", "named_tone", "mixed", "named_sound"), default="one_tone")
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--held-out", type=int, default=60)
@@ -160,7 +230,18 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0, help="the model's initialisation and the training items")
     p.add_argument("--tones", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"),
                    help="how many tones a named_tone clip holds")
+    p.add_argument("--seconds", type=float, nargs=2, default=(8.0, 18.0), metavar=("MIN", "MAX"),
+                   help="clip length of named_tone and named_sound items (>= 5 s: two 2 s sounds and their gaps)")
     p.add_argument("--question-first", action="store_true", help="write the question before the clip (QuestionFirstItem)")
+    p.add_argument("--audio-window", type=int, default=None,
+                   help="the encoder's n_window in mel frames (default the preset's 100: 2 s windows; 1500: one 30 s window)")
+    p.add_argument("--by-order", action="store_true",
+                   help="named_tone: the question names the tone by its place (\"the second tone\"), not its pitch")
+    p.add_argument("--paired", action="store_true",
+                   help="named tasks: each training clip is asked about two of its sounds, in the same batch")
+    p.add_argument("--init", choices=("fresh", "base"), default="fresh",
+                   help="a fresh model (the preset's initialisation), or the shipped pretrained base")
+    p.add_argument("--curriculum", action="store_true", help="named tasks: fewer sounds in shorter clips first")
     p.add_argument("--json", default=None, help="also write the curve to this JSON file")
     p.add_argument("--text-layers", type=int, default=None, help="text blocks (default: the preset's base, 2)")
     args = p.parse_args(argv)
@@ -169,20 +250,37 @@ def main(argv=None) -> list[dict]:
     preset = get_preset("tiny")
     spec = preset.pretrain
     tok = load_tokenizer("tiny")
-    arch = dataclasses.replace(preset.model, seed=args.seed, text_layers=args.text_layers or preset.model.text_layers)
-    model = build_tiny_thinker(tok, arch).train()
+    arch = dataclasses.replace(preset.model, seed=args.seed, text_layers=args.text_layers or preset.model.text_layers,
+                               audio_n_window=args.audio_window or preset.model.audio_n_window)
+    if args.init == "base":
+        if args.text_layers or args.seed or args.audio_window:
+            p.error("--init base starts from the shipped base: its depth and weights are fixed")
+        model = load_preset_model(preset).model.train()
+    else:
+        model = build_tiny_thinker(tok, arch).train()
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     layout = (lambda it: QuestionFirstItem(**vars(it))) if args.question_first else (lambda it: it)
-    held = [layout(it) for it in held_out(args.task, args.held_out, preset.data, tuple(args.tones))]
+    if args.seconds[0] < 5.0 or args.seconds[0] > args.seconds[1]:
+        p.error(f"--seconds {args.seconds}: need 5 <= MIN <= MAX")
+    if args.by_order and args.task != "named_tone":
+        p.error("--by-order is a named_tone option")
+    held = [layout(it) for it in held_out(args.task, args.held_out, preset.data, tuple(args.tones), tuple(args.seconds),
+                                          args.by_order)]
     spans = np.array([it.meta["span"] for it in held])
     const = tuple(spans.mean(0))  # the best a span that ignores the audio does, about
     const_iou = round(float(np.mean([segment_iou(const, s) for s in spans])), 3)
-    print(json.dumps({"task": args.task, "text_layers": arch.text_layers, "question_first": args.question_first,
-                      "constant_span_iou": const_iou}))
+    head = {"task": args.task, "text_layers": arch.text_layers, "audio_window": arch.audio_n_window,
+            "question_first": args.question_first,
+            "tones": list(args.tones) if args.task in ("named_tone", "mixed", "named_sound") else None,
+            "seconds": list(args.seconds) if args.task in ("named_tone", "named_sound") else None,
+            "init": args.init, "curriculum": args.curriculum, "paired": args.paired, "by_order": args.by_order, "seed": args.seed, "threads": args.threads,
+            "constant_span_iou": const_iou}
+    print(json.dumps(head))
     rng, rows, losses, t0 = np.random.default_rng(args.seed), [], [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        items = training_items(args.task, rng, step - 1, spec.batch_size, preset.data, tuple(args.tones))
+        items = training_items(args.task, rng, step - 1, spec.batch_size, preset.data, tuple(args.tones),
+                               args.steps, args.curriculum, tuple(args.seconds), args.paired, args.by_order)
         loss = answer_loss(model, collate([layout(it) for it in items]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,16 +290,14 @@ def main(argv=None) -> list[dict]:
         if step % args.eval_every == 0:
             model.eval()
             with torch.no_grad():
-                iou = span_iou(model, tok, held)
+                ious = span_iou(model, tok, held)
             model.train()
             rows.append({"step": step, "seconds": round(time.perf_counter() - t0),
-                         "loss": round(float(np.mean(losses[-args.eval_every:])), 3), "held_out_iou": round(iou, 3)})
+                         "loss": round(float(np.mean(losses[-args.eval_every:])), 3), **ious})
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"task": args.task, "text_layers": arch.text_layers, "question_first": args.question_first,
-                       "tones": list(args.tones) if args.task in ("named_tone", "mixed") else None,
-                       "seed": args.seed, "threads": args.threads, "constant_span_iou": const_iou, "curve": rows}, f, indent=2)
+            json.dump({**head, "curve": rows}, f, indent=2)
     return rows
 
 
