@@ -245,6 +245,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--json", default=None, help="also write the curve to this JSON file")
     p.add_argument("--text-layers", type=int, default=None, help="text blocks (default: the preset's base, 2)")
     args = p.parse_args(argv)
+    if args.seconds[0] < 5.0 or args.seconds[0] > args.seconds[1]:
+        p.error(f"--seconds {args.seconds}: need 5 <= MIN <= MAX")
+    if args.by_order and args.task != "named_tone":
+        p.error("--by-order is a named_tone option")
+    if (args.curriculum or args.paired) and args.task not in ("named_tone", "named_sound"):
+        p.error("--curriculum and --paired are options of the named tasks (named_tone, named_sound)")
 
     torch.set_num_threads(args.threads)
     preset = get_preset("tiny")
@@ -261,10 +267,6 @@ def main(argv=None) -> list[dict]:
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     layout = (lambda it: QuestionFirstItem(**vars(it))) if args.question_first else (lambda it: it)
-    if args.seconds[0] < 5.0 or args.seconds[0] > args.seconds[1]:
-        p.error(f"--seconds {args.seconds}: need 5 <= MIN <= MAX")
-    if args.by_order and args.task != "named_tone":
-        p.error("--by-order is a named_tone option")
     held = [layout(it) for it in held_out(args.task, args.held_out, preset.data, tuple(args.tones), tuple(args.seconds),
                                           args.by_order)]
     spans = np.array([it.meta["span"] for it in held])
