@@ -23,6 +23,8 @@ span, which a model that ignores the audio could reach):
   named_sound: 2-4 sounds of the world of distinct kinds in an 8-18 s scene (`--tones`, `--seconds`);
               "When do you hear the knocks?"
               (selection by kind, as the eval split's questions name sounds).
+  walk:       2-4 sounds of the world in an 8-18 s scene (`--tones`, `--seconds`); "When is each sound heard?"
+              -> every span in order of onset; the j-th span is scored against the j-th sound.
 For the tasks with several sounds each evaluation also scores the span against the nearest sound of the clip
 (`any_sound_iou`): a model that finds a sound but not the named one scores high there and low on the named one.
 `--question-first` writes the question before the clip; `--text-layers` changes the depth, `--audio-window` the
@@ -30,15 +32,22 @@ encoder's attention window (one window over the whole clip puts an absolute time
 from the shipped pretrained base (data/tiny_base) instead of a fresh model; `--curriculum` trains the named tasks
 on fewer sounds in shorter clips first (2 in 5-8 s, then 2-3 in 7-12 s, each a third of the steps); `--paired` asks
 about two sounds of every training clip in the same batch, so that only the name tells the two answers apart;
-`--by-order` names the tone by its place ("the second tone"): whether the model can select by any word.
+`--by-order` names the sound by its place ("the second tone", "the second sound"): whether the model can select by any word.
 Every item is a pure function of the seeds: the run gives the same figures on every run.
+
+`--device cuda --workers 12` runs the same training on a GPU, with the batches made by 12 worker processes
+(a batch's items then come from a generator seeded by (seed, step), so the stream does not depend on the
+number of workers, but it is not the single-process stream of the committed CPU curves). One step of the tiny
+thinker is ~0.35 s on 2 CPU cores; this is for runs of many thousand steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
+import multiprocessing
 import time
 
 import numpy as np
@@ -152,21 +161,40 @@ SOUND_NOUNS = {"tone": "tone", "chirp": "chirp", "knocks": "knocks", "noise": "n
 
 
 def named_sound_items(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds=(8.0, 18.0),
-                      asks: int = 1) -> list[Item]:
-    """2-4 sounds of the world, of distinct kinds, in one scene; each question names one by its kind."""
+                      asks: int = 1, by_order: bool = False) -> list[Item]:
+    """2-4 sounds of the world, of distinct kinds, in one scene; each question names one by its kind
+    ("the knocks") or by its place in time (`by_order`: "the second sound")."""
     k = int(rng.integers(n_sounds[0], n_sounds[1] + 1))
     while True:  # redraw until the scene holds k sounds of k kinds (a few draws)
         scene = sample_scene(int(rng.integers(2**31)), duration=seconds, spec=data, n_events=k, overlap_prob=0.0)
         if len({e.kind for e in scene.events}) == len(scene.events) == k:
             break
-    spans = [(e.onset, min(e.offset, scene.duration)) for e in scene.events]
+    events = sorted(scene.events, key=lambda e: e.onset)  # the places of `by_order`
+    spans = [(e.onset, min(e.offset, scene.duration)) for e in events]
     wav = render_scene(scene, data)
-    return [Item("named_sound", f"When do you hear the {SOUND_NOUNS[scene.events[q].kind]}?", (wav,), 1,
-                 format_segment(*spans[q]), meta={"span": spans[q], "all_spans": spans}) for q in _asked(rng, k, asks)]
+    return [Item("named_sound", f"When do you hear the {ORDINALS[q] + ' sound' if by_order else SOUND_NOUNS[events[q].kind]}?",
+                 (wav,), 1, format_segment(*spans[q]), meta={"span": spans[q], "all_spans": spans})
+            for q in _asked(rng, k, asks)]
 
 
-def named_sound_item(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds=(8.0, 18.0)) -> Item:
-    return named_sound_items(rng, data, n_sounds, seconds)[0]
+def named_sound_item(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds=(8.0, 18.0),
+                     by_order: bool = False) -> Item:
+    return named_sound_items(rng, data, n_sounds, seconds, by_order=by_order)[0]
+
+
+def walk_item(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds=(8.0, 18.0)) -> Item:
+    """2-4 sounds of the world in one scene; "When is each sound heard?" -> every span, in order of onset.
+
+    The walk a chain of thought can take through a clip: each span is found as the next sound after the
+    one just written, which asks for no name at all (selection by place, which the tiny thinker learns)."""
+    k = int(rng.integers(n_sounds[0], n_sounds[1] + 1))
+    while True:  # redraw until the scene holds k sounds (a few draws)
+        scene = sample_scene(int(rng.integers(2**31)), duration=seconds, spec=data, n_events=k, overlap_prob=0.0)
+        if len(scene.events) == k:
+            break
+    spans = [(e.onset, min(e.offset, scene.duration)) for e in sorted(scene.events, key=lambda e: e.onset)]
+    return Item("walk", "When is each sound heard?", (render_scene(scene, data),), 1,
+                " ".join(format_segment(*sp) for sp in spans), meta={"span": spans[0], "all_spans": spans, "walk": True})
 
 
 def stage_of(step: int, steps: int, n_sounds: tuple[int, int], curriculum: bool, seconds=(8.0, 18.0)):
@@ -184,7 +212,9 @@ def training_items(task: str, rng: np.random.Generator, step: int, batch: int, d
     n, seconds = stage_of(step, steps, n_tones, curriculum, seconds)
     asks = 2 if paired else 1  # --paired: half the clips, each asked about two of its sounds
     if task == "named_sound":
-        return [it for _ in range(batch // asks) for it in named_sound_items(rng, data, n, seconds, asks)]
+        return [it for _ in range(batch // asks) for it in named_sound_items(rng, data, n, seconds, asks, by_order)]
+    if task == "walk":
+        return [walk_item(rng, data, n, seconds) for _ in range(batch)]
     if task == "named_tone":
         return [it for _ in range(batch // asks) for it in named_tone_items(rng, n, seconds, asks, by_order)]
     if task == "one_sound":
@@ -200,7 +230,8 @@ def training_items(task: str, rng: np.random.Generator, step: int, batch: int, d
 
 def held_out(task: str, n: int, data: DataSpec, n_tones=(2, 4), seconds=(8.0, 18.0), by_order: bool = False) -> list[Item]:
     make = {"one_tone": one_tone_item, "one_sound": lambda rng: one_sound_item(rng, data),
-            "named_sound": lambda rng: named_sound_item(rng, data, n_tones, seconds)}.get(
+            "named_sound": lambda rng: named_sound_item(rng, data, n_tones, seconds, by_order),
+            "walk": lambda rng: walk_item(rng, data, n_tones, seconds)}.get(
         task, lambda rng: named_tone_item(rng, n_tones, seconds, by_order))
     return [make(np.random.default_rng(10_000 + k)) for k in range(n)]
 
@@ -208,6 +239,8 @@ def held_out(task: str, n: int, data: DataSpec, n_tones=(2, 4), seconds=(8.0, 18
 def span_iou(model, tok, items: list[Item]) -> dict:
     """Mean IoU of the first well-formed span of each greedy answer (0 where there is none): against the
     asked-for sound (`held_out_iou`) and, where a clip holds several, against the nearest one (`any_sound_iou`)."""
+    if items and items[0].meta.get("walk"):
+        return walk_iou(model, tok, items)
     named, nearest = [], []
     for it in items:
         tags = [t for t in parse_segments(generate_answer(model, tok, it, max_new_tokens=16)) if t.ok]
@@ -220,9 +253,70 @@ def span_iou(model, tok, items: list[Item]) -> dict:
     return out
 
 
+def walk_iou(model, tok, items: list[Item]) -> dict:
+    """Walk items: the j-th well-formed span of each greedy answer against the j-th sound (0 where the answer
+    stops short), averaged over the sounds (`held_out_iou`); each cited span against its nearest sound
+    (`any_sound_iou`); and the spans cited per sound present (`cited_per_sound`)."""
+    by_place, nearest, ratio = [], [], []
+    for it in items:
+        gold = it.meta["all_spans"]
+        text = generate_answer(model, tok, it, max_new_tokens=12 * len(gold) + 8)
+        spans = [t.span for t in parse_segments(text) if t.ok]
+        by_place += [segment_iou(spans[j], g) if j < len(spans) else 0.0 for j, g in enumerate(gold)]
+        nearest += [max(segment_iou(sp, g) for g in gold) for sp in spans]
+        ratio.append(len(spans) / len(gold))
+    return {"held_out_iou": round(float(np.mean(by_place)), 3),
+            "any_sound_iou": round(float(np.mean(nearest)) if nearest else 0.0, 3),
+            "cited_per_sound": round(float(np.mean(ratio)), 3)}
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(args, layout_question_first: bool) -> None:
+    """A batch-making process: one thread, its own collator (the featurizer is the costly part)."""
+    torch.set_num_threads(1)
+    preset = get_preset("tiny")
+    _WORKER.update(args=args, data=preset.data, batch=preset.pretrain.batch_size,
+                   collate=Collator(load_tokenizer("tiny"), preset.model.n_mels), question_first=layout_question_first)
+
+
+def _worker_batch(step: int) -> dict:
+    """The collated batch of a training step (0-based), from a generator seeded by (seed, step)."""
+    a, w = _WORKER["args"], _WORKER
+    rng = np.random.default_rng([a.seed, step])
+    items = training_items(a.task, rng, step, w["batch"], w["data"], tuple(a.tones), a.steps, a.curriculum,
+                           tuple(a.seconds), a.paired, a.by_order)
+    if w["question_first"]:
+        items = [QuestionFirstItem(**vars(it)) for it in items]
+    return w["collate"](items)
+
+
+def prefetched_batches(args, n_steps: int):
+    """The batches of steps 0..n_steps-1 in order, made by `args.workers` processes a few steps ahead.
+
+    The pool is forked here, at the call, before any CUDA call (the children never touch the GPU)."""
+    pool = multiprocessing.get_context("fork").Pool(args.workers, _worker_init, (args, args.question_first))
+    ahead = collections.deque(pool.apply_async(_worker_batch, (s,)) for s in range(min(n_steps, 3 * args.workers)))
+
+    def batches():
+        nxt = len(ahead)
+        try:
+            while ahead:
+                batch = ahead.popleft().get()
+                if nxt < n_steps:
+                    ahead.append(pool.apply_async(_worker_batch, (nxt,)))
+                    nxt += 1
+                yield batch
+        finally:
+            pool.terminate()
+    return batches()
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--task", choices=("one_tone", "one_sound", "named_tone", "mixed", "named_sound"), default="one_tone")
+    p.add_argument("--task", choices=("one_tone", "one_sound", "named_tone", "mixed", "named_sound", "walk"),
+                   default="one_tone")
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--held-out", type=int, default=60)
@@ -236,22 +330,28 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--audio-window", type=int, default=None,
                    help="the encoder's n_window in mel frames (default the preset's 100: 2 s windows; 1500: one 30 s window)")
     p.add_argument("--by-order", action="store_true",
-                   help="named_tone: the question names the tone by its place (\"the second tone\"), not its pitch")
+                   help="named tasks: the question names the sound by its place (\"the second tone\", \"the second sound\"), not its pitch or kind")
     p.add_argument("--paired", action="store_true",
                    help="named tasks: each training clip is asked about two of its sounds, in the same batch")
     p.add_argument("--init", choices=("fresh", "base"), default="fresh",
                    help="a fresh model (the preset's initialisation), or the shipped pretrained base")
     p.add_argument("--curriculum", action="store_true", help="named tasks: fewer sounds in shorter clips first")
     p.add_argument("--json", default=None, help="also write the curve to this JSON file")
+    p.add_argument("--device", default="cpu", help="train and evaluate here (cuda on a GPU machine)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="make the batches in this many processes (0: in this one, the committed curves' stream)")
     p.add_argument("--text-layers", type=int, default=None, help="text blocks (default: the preset's base, 2)")
     args = p.parse_args(argv)
     if args.seconds[0] < 5.0 or args.seconds[0] > args.seconds[1]:
         p.error(f"--seconds {args.seconds}: need 5 <= MIN <= MAX")
-    if args.by_order and args.task != "named_tone":
-        p.error("--by-order is a named_tone option")
+    if args.by_order and args.task not in ("named_tone", "named_sound"):
+        p.error("--by-order is an option of the named tasks (named_tone, named_sound)")
     if (args.curriculum or args.paired) and args.task not in ("named_tone", "named_sound"):
         p.error("--curriculum and --paired are options of the named tasks (named_tone, named_sound)")
 
+    if args.workers < 0:
+        p.error(f"--workers {args.workers}: need 0 or more")
+    batches = prefetched_batches(args, args.steps) if args.workers else None  # fork before the model exists
     torch.set_num_threads(args.threads)
     preset = get_preset("tiny")
     spec = preset.pretrain
@@ -264,6 +364,7 @@ def main(argv=None) -> list[dict]:
         model = load_preset_model(preset).model.train()
     else:
         model = build_tiny_thinker(tok, arch).train()
+    model.to(args.device)
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     layout = (lambda it: QuestionFirstItem(**vars(it))) if args.question_first else (lambda it: it)
@@ -274,16 +375,21 @@ def main(argv=None) -> list[dict]:
     const_iou = round(float(np.mean([segment_iou(const, s) for s in spans])), 3)
     head = {"task": args.task, "text_layers": arch.text_layers, "audio_window": arch.audio_n_window,
             "question_first": args.question_first,
-            "tones": list(args.tones) if args.task in ("named_tone", "mixed", "named_sound") else None,
-            "seconds": list(args.seconds) if args.task in ("named_tone", "named_sound") else None,
+            "tones": list(args.tones) if args.task in ("named_tone", "mixed", "named_sound", "walk") else None,
+            "seconds": list(args.seconds) if args.task in ("named_tone", "named_sound", "walk") else None,
             "init": args.init, "curriculum": args.curriculum, "paired": args.paired, "by_order": args.by_order, "seed": args.seed, "threads": args.threads,
+            "device": args.device, "workers": args.workers,
             "constant_span_iou": const_iou}
     print(json.dumps(head))
     rng, rows, losses, t0 = np.random.default_rng(args.seed), [], [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        items = training_items(args.task, rng, step - 1, spec.batch_size, preset.data, tuple(args.tones),
-                               args.steps, args.curriculum, tuple(args.seconds), args.paired, args.by_order)
-        loss = answer_loss(model, collate([layout(it) for it in items]))
+        if batches is not None:
+            batch = {k: v.to(args.device, non_blocking=True) for k, v in next(batches).items()}
+        else:
+            items = training_items(args.task, rng, step - 1, spec.batch_size, preset.data, tuple(args.tones),
+                                   args.steps, args.curriculum, tuple(args.seconds), args.paired, args.by_order)
+            batch = collate([layout(it) for it in items], device=args.device)
+        loss = answer_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
