@@ -184,6 +184,9 @@ class GRPOSpec:
     seed: int = 0
 
 
+CHAIN_STYLES = ("named", "walk")
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """The synthetic world and the EAQA-style data pipeline (ECHO_METHOD.md section 3)."""
@@ -212,7 +215,20 @@ class DataSpec:
     eval_fraction: float = 0.15  # of the scenes, drawn from held-out seeds
     rl_fraction: float = 0.3  # of the non-eval scenes whose items are fully valid
     eval_seed_offset: int = 1_000_000  # eval scenes use seeds from here on (disjoint from sft/rl)
+    # The chains of the types that name their sounds (order, what_follows, duration_compare, gap, overlap):
+    # "named" cites the named sounds directly; "walk" goes through the clip's sounds from the start, one
+    # span after the other, naming each, up to the last sound the answer needs (at most `walk_max_spans`,
+    # else the named chain). Why: the tiny thinker finds a sound by its place in time (IoU 0.67) but not
+    # by its kind (0.28-0.36; docs/localisation.md), and each re-heard clip names its sound.
+    chain: str = "named"
+    walk_max_spans: int = 6
     seed: int = 0
+
+    def __post_init__(self):
+        if self.chain not in CHAIN_STYLES:
+            raise ValueError(f"DataSpec.chain {self.chain!r}: expected one of {CHAIN_STYLES}")
+        if self.walk_max_spans < 1:
+            raise ValueError(f"DataSpec.walk_max_spans {self.walk_max_spans}: need at least 1")
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,52 @@ def test_qtype_order_follows_the_mix():
     assert abs(firsts["tone_at_time"] / 2000 - weights["tone_at_time"] / sum(weights.values())) < 0.04
     with pytest.raises(KeyError, match="unknown question type"):
         qtype_order(np.random.default_rng(0), DataSpec(qtype_weights=(("tone_at_time", 1.0), ("rhyme", 1.0))))
+
+
+WALK = DataSpec(chain="walk")
+WALK_TYPES = ("order", "what_follows", "duration_compare", "gap", "overlap")
+
+
+def test_walk_chains_go_through_the_sounds_from_the_start():
+    walked = Counter()
+    for seed in range(120):
+        scene = sample_scene(seed)
+        in_order = sorted(scene.events, key=lambda e: (e.onset, e.offset))
+        for qtype, (make, _) in QTYPES.items():
+            named, walk = (make(scene, np.random.default_rng(seed), spec) for spec in (SPEC, WALK))
+            if named is None:
+                assert walk is None
+                continue
+            # the same question, options, answer and decisive spans: only the chain changes
+            assert (walk.question, walk.choices, walk.answer, walk.decisive_spans) == \
+                (named.question, named.choices, named.answer, named.decisive_spans)
+            if qtype not in WALK_TYPES or walk.think == named.think:
+                assert qtype not in WALK_TYPES or len(in_order) > WALK.walk_max_spans, (qtype, walk.think)
+                continue
+            walked[qtype] += 1
+            spans = [t.span for t in parse_segments(walk.think)]
+            assert spans == [e.span for e in in_order[:len(spans)]], walk.think  # from the first sound, none skipped
+            assert len(spans) <= WALK.walk_max_spans
+            assert max(named.decisive_spans) == spans[-1] or qtype == "order", walk.think  # ends at the last one needed
+            assert check_cot(scene, walk, WALK, LIMITS)[0] == [], walk.think
+    assert set(walked) == set(WALK_TYPES), walked
+
+
+def test_a_walk_too_long_falls_back_to_the_named_chain():
+    short = DataSpec(chain="walk", walk_max_spans=1)  # "what follows" needs two sounds at least
+    make = QTYPES["what_follows"][0]
+    compared = 0
+    for seed in range(40):
+        scene = sample_scene(seed)
+        named, walk, cut = (make(scene, np.random.default_rng(seed), spec) for spec in (SPEC, WALK, short))
+        if named is not None and walk.think != named.think:
+            assert cut.think == named.think
+            compared += 1
+    assert compared >= 5
+
+
+def test_an_unknown_chain_style_is_refused():
+    with pytest.raises(ValueError, match="chain 'zigzag'"):
+        DataSpec(chain="zigzag")
+    with pytest.raises(ValueError, match="walk_max_spans 0"):
+        DataSpec(chain="walk", walk_max_spans=0)

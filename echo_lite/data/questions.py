@@ -12,6 +12,9 @@ two halves that are written independently:
 
 The chain of thought is kept short for the tiny preset (about 25-60 tokens): one clause
 per cited span, clauses separated by ";" or ".", so each span's clause names its event.
+With `DataSpec.chain == "walk"` the types that name their sounds (order, what_follows,
+duration_compare, gap, overlap) walk the clip instead: every sound from the start, cited
+and named in turn, up to the last one the answer needs (`_walk`).
 """
 
 from __future__ import annotations
@@ -98,6 +101,20 @@ def _window(scene: Scene, inside: list[Event]) -> tuple[float, float] | None:
     return a, b
 
 
+def _walk(scene: Scene, spec: DataSpec, upto: list[Event], notes: dict[int, str] | None = None) -> str | None:
+    """The clauses of a walk through the clip (DataSpec.chain "walk"): every sound from the start, in order of
+    onset, up to the last of `upto`, each cited and named ("<seg>2.0, 3.6</seg>, the noise burst"), with
+    `notes` (by id of the event) after a name; None when that takes more than `spec.walk_max_spans` spans."""
+    last = max(upto, key=lambda e: (e.onset, e.offset))
+    walked = [e for e in sorted(scene.events, key=lambda e: (e.onset, e.offset))
+              if (e.onset, e.offset) <= (last.onset, last.offset)]
+    if len(walked) > spec.walk_max_spans:
+        return None
+    notes = notes or {}
+    return "I go through the sounds from the start: " + "; ".join(
+        f"{_seg(e)}, the {e.label}{notes.get(id(e), '')}" for e in walked)
+
+
 def _within(scene: Scene, a: float, b: float, kind: str) -> list[Event]:
     return [e for e in scene.events if e.kind == kind and e.onset >= a - 1e-9 and e.offset <= b + 1e-9]
 
@@ -182,6 +199,9 @@ def make_order(scene: Scene, rng, spec: DataSpec) -> Draft | None:
     clauses = [f"I check which starts first: {_seg(picked[0])}, the {picked[0].label}"]
     clauses += [f"then {_seg(e)}, the {e.label}" for e in picked[1:]]
     think = "; ".join(clauses) + f". So the {first.label} is first."
+    walk = _walk(scene, spec, [first]) if spec.chain == "walk" else None
+    if walk:  # the first of the options met on the way is the answer
+        think = walk + f". So the {first.label} is first."
     return Draft("order", "Which of these sounds is heard first?", choices, first.label, think,
                  tuple(e.span for e in picked), {"labels": [e.label for e in picked]})
 
@@ -258,9 +278,13 @@ def make_duration_compare(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         x, y = sorted((x, y), key=lambda e: e.onset)
         answer = SAME_DURATION if diff == 0 else (x.label if x.duration > y.duration else y.label)
         choices = _options(answer, [c for c in (x.label, y.label, SAME_DURATION) if c != answer], rng)
+        verdict = "both last the same." if diff == 0 else f"the {answer} lasts longer."
         think = (f"I check {_seg(x)}, the {x.label} lasts {_t(x.duration)} seconds; then {_seg(y)}, "
-                 f"the {y.label} lasts {_t(y.duration)} seconds. So "
-                 + ("both last the same." if diff == 0 else f"the {answer} lasts longer."))
+                 f"the {y.label} lasts {_t(y.duration)} seconds. So " + verdict)
+        walk = _walk(scene, spec, [x, y], {id(e): f", {_t(e.duration)} seconds" for e in (x, y)}) \
+            if spec.chain == "walk" else None
+        if walk:
+            think = walk + ". So " + verdict
         return Draft("duration_compare", f"Which lasts longer, the {x.label} or the {y.label}?", choices, answer,
                      think, (x.span, y.span), {"labels": [x.label, y.label], "min_diff": spec.min_duration_diff_s})
     return None
@@ -297,6 +321,9 @@ def make_gap(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         answer = f"{gap:.1f} seconds"
         think = (f"I check both: {_seg(x)}, the {x.label} ends; then {_seg(y)}, the {y.label} starts. "
                  f"So the gap is {answer}.")
+        walk = _walk(scene, spec, [y]) if spec.chain == "walk" else None
+        if walk:
+            think = walk + f". So the gap is {answer}."
         return Draft("gap", f"How long is the silence between the {x.label} and the {y.label}?",
                      _options(answer, fmt, rng), answer, think, (x.span, y.span), {"labels": [x.label, y.label]})
     return None
@@ -324,6 +351,9 @@ def make_what_follows(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         pool = _label_pool(scene, {x.label, y.label}, rng)
         choices = _options(y.label, _distractors(y.label, pool, rng, spec.n_choices), rng)
         think = f"I check {_seg(x)}, the {x.label}; right after it {_seg(y)}, there is the {y.label}."
+        walk = _walk(scene, spec, [y]) if spec.chain == "walk" else None
+        if walk:
+            think = walk + f". So right after the {x.label} comes the {y.label}."
         return Draft("what_follows", f"What is heard right after the {x.label}?", choices, y.label, think,
                      (x.span, y.span), {"label": x.label})
     return None
@@ -353,6 +383,9 @@ def make_overlap(scene: Scene, rng, spec: DataSpec) -> Draft | None:
     choices = _options(y.label, _distractors(y.label, pool, rng, spec.n_choices), rng)
     first, second = sorted((x, y), key=lambda e: (e.onset, -e.offset))
     think = f"I check {_seg(first)}, the {first.label}; during it {_seg(second)}, the {second.label} is heard too."
+    walk = _walk(scene, spec, [second]) if spec.chain == "walk" else None
+    if walk:
+        think = walk + f". So the {y.label} is heard during the {x.label}."
     return Draft("overlap", f"Which sound is heard at the same time as the {x.label}?", choices, y.label, think,
                  (x.span, y.span), {"label": x.label})
 
