@@ -106,6 +106,16 @@ def test_rerun_resumes_and_repairs(run, tmp_path):
     assert filecmp.cmp(out / "sft" / lost.audio, copy / "sft" / lost.audio, shallow=False)
     with pytest.raises(SynthError, match="written with other settings .*seed"):
         synthesize(copy, "tiny", n=N, seed=4, progress=False, write_hf=False)
+    # a directory written before a data setting existed resumes when the setting keeps its default ...
+    config_path = copy / "synth_config.json"
+    config = json.loads(config_path.read_text())
+    del config["data"]["chain"], config["data"]["walk_max_spans"]
+    config_path.write_text(json.dumps(config))
+    assert synthesize(copy, "tiny", n=N, seed=3, progress=False, write_hf=False) == stats
+    # ... and is refused when it does not
+    walk = get_preset("tiny").with_overrides(data={"chain": "walk"})
+    with pytest.raises(SynthError, match="written with other settings .*data"):
+        synthesize(copy, walk, n=N, seed=3, progress=False, write_hf=False)
 
 
 def test_cli_synth(tmp_path):

@@ -74,6 +74,9 @@ def _check_config(out: Path, config: dict) -> None:
     path = out / CONFIG_FILE
     if path.exists():
         old = json.loads(path.read_text())
+        if isinstance(old.get("data"), dict):  # a setting added since: the old run had its default
+            defaults = json.loads(json.dumps(dataclasses.asdict(DataSpec())))
+            old["data"] = {**{k: v for k, v in defaults.items() if k not in old["data"]}, **old["data"]}
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise SynthError(f"{out} was written with other settings ({', '.join(diff)} differ); "
