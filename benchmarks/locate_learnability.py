@@ -160,15 +160,21 @@ SOUND_NOUNS = {"tone": "tone", "chirp": "chirp", "knocks": "knocks", "noise": "n
                "speech": "word"}
 
 
+def scene_of(rng: np.random.Generator, data: DataSpec, k: int, seconds, distinct_kinds: bool = False):
+    """A scene of the world with exactly k sounds, none overlapping (of k kinds with `distinct_kinds`),
+    redrawn until it holds them (a few draws)."""
+    while True:
+        scene = sample_scene(int(rng.integers(2**31)), duration=seconds, spec=data, n_events=k, overlap_prob=0.0)
+        if len(scene.events) == k and (not distinct_kinds or len({e.kind for e in scene.events}) == k):
+            return scene
+
+
 def named_sound_items(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds=(8.0, 18.0),
                       asks: int = 1, by_order: bool = False) -> list[Item]:
     """2-4 sounds of the world, of distinct kinds, in one scene; each question names one by its kind
     ("the knocks") or by its place in time (`by_order`: "the second sound")."""
     k = int(rng.integers(n_sounds[0], n_sounds[1] + 1))
-    while True:  # redraw until the scene holds k sounds of k kinds (a few draws)
-        scene = sample_scene(int(rng.integers(2**31)), duration=seconds, spec=data, n_events=k, overlap_prob=0.0)
-        if len({e.kind for e in scene.events}) == len(scene.events) == k:
-            break
+    scene = scene_of(rng, data, k, seconds, distinct_kinds=True)
     events = sorted(scene.events, key=lambda e: e.onset)  # the places of `by_order`
     spans = [(e.onset, min(e.offset, scene.duration)) for e in events]
     wav = render_scene(scene, data)
@@ -187,11 +193,7 @@ def walk_item(rng: np.random.Generator, data: DataSpec, n_sounds=(2, 4), seconds
 
     The walk a chain of thought can take through a clip: each span is found as the next sound after the
     one just written, which asks for no name at all (selection by place, which the tiny thinker learns)."""
-    k = int(rng.integers(n_sounds[0], n_sounds[1] + 1))
-    while True:  # redraw until the scene holds k sounds (a few draws)
-        scene = sample_scene(int(rng.integers(2**31)), duration=seconds, spec=data, n_events=k, overlap_prob=0.0)
-        if len(scene.events) == k:
-            break
+    scene = scene_of(rng, data, int(rng.integers(n_sounds[0], n_sounds[1] + 1)), seconds)
     spans = [(e.onset, min(e.offset, scene.duration)) for e in sorted(scene.events, key=lambda e: e.onset)]
     return Item("walk", "When is each sound heard?", (render_scene(scene, data),), 1,
                 " ".join(format_segment(*sp) for sp in spans), meta={"span": spans[0], "all_spans": spans, "walk": True})
@@ -273,30 +275,36 @@ def walk_iou(model, tok, items: list[Item]) -> dict:
 _WORKER: dict = {}
 
 
-def _worker_init(args, layout_question_first: bool) -> None:
+def laid_out(args, item: Item) -> Item:
+    """The item with the question where `--question-first` puts it."""
+    return QuestionFirstItem(**vars(item)) if args.question_first else item
+
+
+def step_items(args, rng: np.random.Generator, step: int, batch: int, data: DataSpec) -> list[Item]:
+    """The laid-out training items of a step (0-based) under the run's options."""
+    return [laid_out(args, it) for it in training_items(args.task, rng, step, batch, data, tuple(args.tones), args.steps,
+                                                        args.curriculum, tuple(args.seconds), args.paired, args.by_order)]
+
+
+def _worker_init(args) -> None:
     """A batch-making process: one thread, its own collator (the featurizer is the costly part)."""
     torch.set_num_threads(1)
     preset = get_preset("tiny")
     _WORKER.update(args=args, data=preset.data, batch=preset.pretrain.batch_size,
-                   collate=Collator(load_tokenizer("tiny"), preset.model.n_mels), question_first=layout_question_first)
+                   collate=Collator(load_tokenizer("tiny"), preset.model.n_mels))
 
 
 def _worker_batch(step: int) -> dict:
     """The collated batch of a training step (0-based), from a generator seeded by (seed, step)."""
-    a, w = _WORKER["args"], _WORKER
-    rng = np.random.default_rng([a.seed, step])
-    items = training_items(a.task, rng, step, w["batch"], w["data"], tuple(a.tones), a.steps, a.curriculum,
-                           tuple(a.seconds), a.paired, a.by_order)
-    if w["question_first"]:
-        items = [QuestionFirstItem(**vars(it)) for it in items]
-    return w["collate"](items)
+    w = _WORKER
+    return w["collate"](step_items(w["args"], np.random.default_rng([w["args"].seed, step]), step, w["batch"], w["data"]))
 
 
 def prefetched_batches(args, n_steps: int):
     """The batches of steps 0..n_steps-1 in order, made by `args.workers` processes a few steps ahead.
 
     The pool is forked here, at the call, before any CUDA call (the children never touch the GPU)."""
-    pool = multiprocessing.get_context("fork").Pool(args.workers, _worker_init, (args, args.question_first))
+    pool = multiprocessing.get_context("fork").Pool(args.workers, _worker_init, (args,))
     ahead = collections.deque(pool.apply_async(_worker_batch, (s,)) for s in range(min(n_steps, 3 * args.workers)))
 
     def batches():
@@ -367,8 +375,7 @@ def main(argv=None) -> list[dict]:
     model.to(args.device)
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
-    layout = (lambda it: QuestionFirstItem(**vars(it))) if args.question_first else (lambda it: it)
-    held = [layout(it) for it in held_out(args.task, args.held_out, preset.data, tuple(args.tones), tuple(args.seconds),
+    held = [laid_out(args, it) for it in held_out(args.task, args.held_out, preset.data, tuple(args.tones), tuple(args.seconds),
                                           args.by_order)]
     spans = np.array([it.meta["span"] for it in held])
     const = tuple(spans.mean(0))  # the best a span that ignores the audio does, about
@@ -386,9 +393,7 @@ def main(argv=None) -> list[dict]:
         if batches is not None:
             batch = {k: v.to(args.device, non_blocking=True) for k, v in next(batches).items()}
         else:
-            items = training_items(args.task, rng, step - 1, spec.batch_size, preset.data, tuple(args.tones),
-                                   args.steps, args.curriculum, tuple(args.seconds), args.paired, args.by_order)
-            batch = collate([layout(it) for it in items], device=args.device)
+            batch = collate(step_items(args, rng, step - 1, spec.batch_size, preset.data), device=args.device)
         loss = answer_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

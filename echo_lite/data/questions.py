@@ -104,7 +104,10 @@ def _window(scene: Scene, inside: list[Event]) -> tuple[float, float] | None:
 def _walk(scene: Scene, spec: DataSpec, upto: list[Event], notes: dict[int, str] | None = None) -> str | None:
     """The clauses of a walk through the clip (DataSpec.chain "walk"): every sound from the start, in order of
     onset, up to the last of `upto`, each cited and named ("<seg>2.0, 3.6</seg>, the noise burst"), with
-    `notes` (by id of the event) after a name; None when that takes more than `spec.walk_max_spans` spans."""
+    `notes` (by id of the event) after a name; None with the named chains, or when the walk takes more than
+    `spec.walk_max_spans` spans (the caller then keeps its named chain)."""
+    if spec.chain != "walk":
+        return None
     last = max(upto, key=lambda e: (e.onset, e.offset))
     walked = [e for e in sorted(scene.events, key=lambda e: (e.onset, e.offset))
               if (e.onset, e.offset) <= (last.onset, last.offset)]
@@ -199,7 +202,7 @@ def make_order(scene: Scene, rng, spec: DataSpec) -> Draft | None:
     clauses = [f"I check which starts first: {_seg(picked[0])}, the {picked[0].label}"]
     clauses += [f"then {_seg(e)}, the {e.label}" for e in picked[1:]]
     think = "; ".join(clauses) + f". So the {first.label} is first."
-    walk = _walk(scene, spec, [first]) if spec.chain == "walk" else None
+    walk = _walk(scene, spec, [first])
     if walk:  # the first of the options met on the way is the answer
         think = walk + f". So the {first.label} is first."
     return Draft("order", "Which of these sounds is heard first?", choices, first.label, think,
@@ -281,8 +284,7 @@ def make_duration_compare(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         verdict = "both last the same." if diff == 0 else f"the {answer} lasts longer."
         think = (f"I check {_seg(x)}, the {x.label} lasts {_t(x.duration)} seconds; then {_seg(y)}, "
                  f"the {y.label} lasts {_t(y.duration)} seconds. So " + verdict)
-        walk = _walk(scene, spec, [x, y], {id(e): f", {_t(e.duration)} seconds" for e in (x, y)}) \
-            if spec.chain == "walk" else None
+        walk = _walk(scene, spec, [x, y], {id(e): f", {_t(e.duration)} seconds" for e in (x, y)})
         if walk:
             think = walk + ". So " + verdict
         return Draft("duration_compare", f"Which lasts longer, the {x.label} or the {y.label}?", choices, answer,
@@ -321,7 +323,7 @@ def make_gap(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         answer = f"{gap:.1f} seconds"
         think = (f"I check both: {_seg(x)}, the {x.label} ends; then {_seg(y)}, the {y.label} starts. "
                  f"So the gap is {answer}.")
-        walk = _walk(scene, spec, [y]) if spec.chain == "walk" else None
+        walk = _walk(scene, spec, [y])
         if walk:
             think = walk + f". So the gap is {answer}."
         return Draft("gap", f"How long is the silence between the {x.label} and the {y.label}?",
@@ -351,7 +353,7 @@ def make_what_follows(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         pool = _label_pool(scene, {x.label, y.label}, rng)
         choices = _options(y.label, _distractors(y.label, pool, rng, spec.n_choices), rng)
         think = f"I check {_seg(x)}, the {x.label}; right after it {_seg(y)}, there is the {y.label}."
-        walk = _walk(scene, spec, [y]) if spec.chain == "walk" else None
+        walk = _walk(scene, spec, [y])
         if walk:
             think = walk + f". So right after the {x.label} comes the {y.label}."
         return Draft("what_follows", f"What is heard right after the {x.label}?", choices, y.label, think,
@@ -383,7 +385,7 @@ def make_overlap(scene: Scene, rng, spec: DataSpec) -> Draft | None:
     choices = _options(y.label, _distractors(y.label, pool, rng, spec.n_choices), rng)
     first, second = sorted((x, y), key=lambda e: (e.onset, -e.offset))
     think = f"I check {_seg(first)}, the {first.label}; during it {_seg(second)}, the {second.label} is heard too."
-    walk = _walk(scene, spec, [second]) if spec.chain == "walk" else None
+    walk = _walk(scene, spec, [second])
     if walk:
         think = walk + f". So the {y.label} is heard during the {x.label}."
     return Draft("overlap", f"Which sound is heard at the same time as the {x.label}?", choices, y.label, think,
