@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from echo_lite.config import PRESETS, RUNTIME_MODES
+from echo_lite.config import CHAIN_STYLES, PRESETS, RUNTIME_MODES
 
 
 def _cmd_demo(args) -> int:
@@ -55,7 +55,7 @@ def _cmd_synth(args) -> int:
     stats = run(args.out, args.preset, n=args.n, seed=args.seed, teacher=args.teacher, llm_url=args.llm_url,
                 llm_model=args.llm_model, llm_key_env=args.llm_key_env, judge=args.judge, workers=args.workers,
                 audioset_tsv=args.audioset_tsv, label_map=args.label_map, musicbench_json=args.musicbench_json,
-                audio_root=args.audio_root)
+                audio_root=args.audio_root, chain=args.chain)
     print(json.dumps({k: stats[k] for k in ("items", "qtypes_drafted", "drop_reasons", "clip_seconds_histogram")},
                      indent=2))
     return 0 if all(stats["items"][s] > 0 for s in ("sft", "rl", "eval")) else 1
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=1000, help="items to draft before filtering")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--teacher", default="rule", choices=["rule", "llm"])
+    s.add_argument("--chain", choices=CHAIN_STYLES, help="the rule teacher's chains for the types that name "
+                   "their sounds: 'named' cites them directly, 'walk' goes through the clip's sounds from the start "
+                   "(default: the preset's)")
     s.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     s.add_argument("--llm-model", help="model name sent to the endpoint, e.g. deepseek-reasoner")
     s.add_argument("--llm-key-env", help="environment variable holding the API key (never on the command line)")

@@ -129,6 +129,17 @@ def test_cli_synth(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--out", str(out), "--n", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--n must be >= 1" in bad.stderr
+    # --chain walk: the setting is recorded, and the directory written with named chains refuses it
+    other = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--preset", "tiny", "--n", "24", "--out",
+                            str(out), "--seed", "1", "--chain", "walk"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "data differ" in other.stderr
+    walk = tmp_path / "walk"
+    r = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--preset", "tiny", "--n", "24", "--out",
+                        str(walk), "--seed", "1", "--chain", "walk"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((walk / "synth_config.json").read_text())["data"]["chain"] == "walk"
+    cots = [it.response for split in SPLITS for it in read_manifest(walk / split / MANIFEST)]
+    assert any("I go through the sounds from the start" in c for c in cots)
 
 
 def _audioset_files(root, n):

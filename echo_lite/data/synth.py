@@ -263,9 +263,14 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
 def run(out: str | Path, preset: str = "tiny", n: int = 1000, seed: int = 0, teacher: str = "rule",
         llm_url: str | None = None, llm_model: str | None = None, llm_key_env: str | None = None,
         judge: bool = False, workers: int = 4, progress: bool = True, audioset_tsv: str | None = None,
-        label_map: str | None = None, musicbench_json: str | None = None, audio_root: str | None = None) -> dict:
-    """`synthesize` with the teacher, judge and sources built from plain options (what the CLI passes)."""
+        label_map: str | None = None, musicbench_json: str | None = None, audio_root: str | None = None,
+        chain: str | None = None) -> dict:
+    """`synthesize` with the teacher, judge and sources built from plain options (what the CLI passes);
+    `chain` overrides the preset's `DataSpec.chain`."""
     out = Path(out)
+    preset = get_preset(preset)
+    if chain is not None:
+        preset = preset.with_overrides(data={"chain": chain})
     sources = None
     if audioset_tsv or musicbench_json:
         from echo_lite.data.adapters import read_audioset_strong, read_musicbench
@@ -292,7 +297,7 @@ def run(out: str | Path, preset: str = "tiny", n: int = 1000, seed: int = 0, tea
         out.mkdir(parents=True, exist_ok=True)
         if teacher == "llm":
             llm_teacher = LLMTeacher(client, out / "teacher_llm.jsonl", workers=workers,
-                                     n_choices=get_preset(preset).data.n_choices)
+                                     n_choices=preset.data.n_choices)
         if judge:
             llm_judge = LLMJudge(client, out / "judge_llm.jsonl", workers=workers)
     elif teacher != "rule":
