@@ -137,6 +137,10 @@ def build_full_size_thinker(preset_name: str, tokenizer, dtype: torch.dtype = to
 
 
 def _set_generation_defaults(model, tokenizer) -> None:
+    # The thinker's own config too: transformers' Trainer otherwise "aligns" it with the tokenizer
+    # at every SFT/GRPO start, with a warning, and doubles the generation config's EOS id.
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
     gc = model.generation_config
     gc.eos_token_id = tokenizer.eos_token_id
     gc.pad_token_id = tokenizer.pad_token_id
