@@ -214,3 +214,14 @@ def test_training_memory_estimate():
     assert 8 < estimate_training_memory_gib(4.70e9, 29.9e6) < 10.87
     with pytest.raises(ValueError, match="trainable"):
         estimate_training_memory_gib(10, 11)
+
+
+def test_loaded_models_carry_the_tokenizers_special_ids():
+    """The Trainer has nothing to re-align (it would warn and rewrite the configs at every SFT start)."""
+    from transformers.trainer_utils import align_special_tokens
+
+    lm = load_preset_model(get_preset("tiny"))
+    eos, config = lm.tokenizer.eos_token_id, lm.model.config.to_dict()
+    align_special_tokens(lm.model, lm.tokenizer)
+    assert lm.model.config.to_dict() == config and config["eos_token_id"] == eos
+    assert lm.model.generation_config.eos_token_id in (eos, [eos])  # not doubled
