@@ -170,3 +170,43 @@ def test_full_fine_tuning_trains_the_language_model_only(sft_data, tmp_path):
     n = get_preset("tiny").sft.text_layers
     assert json.loads((final / "config.json").read_text())["text_config"]["num_hidden_layers"] == n
     assert after[f"model.layers.{n - 1}.mlp.down_proj.weight"].abs().max() > 0
+
+
+def test_digit_distance_loss_costs_a_near_digit_less_than_a_far_one():
+    from echo_lite.sft import digit_distance_loss, digit_ids_of
+
+    tok = load_tokenizer("tiny")
+    digits = digit_ids_of(tok)
+    assert [tok.decode([int(i)]) for i in digits] == [str(d) for d in range(10)]
+    other = tok.encode(" seconds", add_special_tokens=False)[0]
+    labels = torch.tensor([[IGNORE_INDEX, int(digits[7]), other, int(digits[3])]])  # targets at positions 1..3
+
+    def loss_for(pred_for_7, pred_for_other, pred_for_3):
+        logits = torch.full((1, 4, len(tok)), -30.0)
+        for pos, tid in enumerate((pred_for_7, pred_for_other, pred_for_3)):  # logits at t predict label t + 1
+            logits[0, pos, tid] = 30.0
+        return float(digit_distance_loss(logits, labels, digits))
+
+    assert loss_for(digits[7], other, digits[3]) == pytest.approx(0.0, abs=1e-6)
+    assert loss_for(digits[8], other, digits[3]) == pytest.approx(0.5)  # (1 + 0) / 2 digit targets
+    assert loss_for(digits[2], other, digits[3]) == pytest.approx(2.5)  # (5 + 0) / 2
+    assert loss_for(digits[7], digits[9], digits[3]) == pytest.approx(0.0, abs=1e-6)  # non-digit target: ignored
+    no_digits = torch.tensor([[IGNORE_INDEX, other, other, IGNORE_INDEX]])
+    logits = torch.zeros((1, 4, len(tok)), requires_grad=True)
+    zero = digit_distance_loss(logits, no_digits, digits)
+    zero.backward()
+    assert zero.item() == 0.0 and logits.grad is not None
+
+
+def test_sft_with_the_digit_distance_loss_trains_other_weights(sft_data, tmp_path):
+    root, items = sft_data
+    runs = {}
+    for w in (0.0, 1.0):
+        preset = get_preset("tiny").with_overrides(sft={"digit_distance_weight": w})
+        final = run_sft(items, root, tmp_path / f"w{w}", preset, max_steps=2, per_device_train_batch_size=4,
+                        disable_tqdm=True, warmup_steps=0, logging_steps=1)
+        runs[w] = (load_file(str(final / "model.safetensors")),
+                   json.loads((final / "sft_log.json").read_text())["log"][0]["loss"])
+    (plain, plain_loss), (with_digits, digit_loss) = runs[0.0], runs[1.0]
+    assert digit_loss > plain_loss  # the same first batch: cross-entropy plus a positive distance term
+    assert any(not torch.equal(plain[k], with_digits[k]) for k in plain)
