@@ -163,10 +163,6 @@ class SFTSpec:
     # Grow the base's language model to this many blocks before SFT (model.expand_text_depth);
     # None keeps the base as it is (the paper, and every full-size preset).
     text_layers: int | None = None
-    # Weight of a distance-aware loss on digit tokens (0 = off, the paper): the expected |digit -
-    # target| under the model's distribution over the ten digits, so a 7 for an 8 costs less than a
-    # 2 (a "number token loss"). Plain cross-entropy treats every wrong digit of a time alike.
-    digit_distance_weight: float = 0.0
     bf16: bool = False
     gradient_checkpointing: bool = False
     seed: int = 0

@@ -160,42 +160,11 @@ def _audio_sft_trainer_class():
         (the model's cross-entropy over `labels`) is the same quantity.
         """
 
-        digit_weight: float = 0.0
-        digit_ids: torch.Tensor | None = None  # token id of each digit 0-9
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False
-            if not self.digit_weight:
-                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = Trainer.compute_loss(self, model, inputs, True, num_items_in_batch)
-            loss = loss + self.digit_weight * digit_distance_loss(outputs.logits, inputs["labels"], self.digit_ids)
-            return (loss, outputs) if return_outputs else loss
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return AudioSFTTrainer
-
-
-def digit_ids_of(tokenizer) -> torch.Tensor:
-    """The token id of each digit 0-9 (each must be one token, as in every Qwen tokenizer)."""
-    ids = [tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
-    if any(len(i) != 1 for i in ids):
-        raise SFTDataError(f"digit_distance_weight needs one token per digit; the tokenizer gives {ids}")
-    return torch.tensor([i[0] for i in ids])
-
-
-def digit_distance_loss(logits: torch.Tensor, labels: torch.Tensor, digit_ids: torch.Tensor) -> torch.Tensor:
-    """Mean over the target positions that are digits of E_p[|digit - target|], p being the model's
-    distribution renormalised over the ten digit tokens (next-token alignment as in the LM loss)."""
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    digit_ids = digit_ids.to(labels.device)
-    lookup = torch.full((int(max(digit_ids.max(), labels.max())) + 1,), -1, dtype=torch.long, device=labels.device)
-    lookup[digit_ids] = torch.arange(10, device=labels.device)
-    target = torch.where(labels >= 0, lookup[labels.clamp(min=0)], -1)
-    at = target >= 0
-    if not at.any():
-        return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
-    p = torch.softmax(logits[at][:, digit_ids].float(), dim=-1)
-    dist = (torch.arange(10, device=p.device)[None, :] - target[at][:, None]).abs().float()
-    return (p * dist).sum(-1).mean()
 
 
 def _trl_config(preset: Preset, out_dir: Path, **overrides):
@@ -248,8 +217,6 @@ def run_sft(items: list[dict], data_root: str | Path, out_dir: str | Path, prese
     args = _trl_config(preset, out_dir, **trainer_overrides)
     trainer = _audio_sft_trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=lm.tokenizer, callbacks=callbacks)
-    if preset.sft.digit_distance_weight:
-        trainer.digit_weight, trainer.digit_ids = preset.sft.digit_distance_weight, digit_ids_of(lm.tokenizer)
     last = get_last_checkpoint(str(out_dir)) if resume and out_dir.exists() else None
     trainer.train(resume_from_checkpoint=last)
     final = out_dir / "final"
