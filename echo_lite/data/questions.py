@@ -201,10 +201,8 @@ def make_order(scene: Scene, rng, spec: DataSpec) -> Draft | None:
     choices = _options(first.label, [e.label for e in picked[1:]], rng)
     clauses = [f"I check which starts first: {_seg(picked[0])}, the {picked[0].label}"]
     clauses += [f"then {_seg(e)}, the {e.label}" for e in picked[1:]]
-    think = "; ".join(clauses) + f". So the {first.label} is first."
-    walk = _walk(scene, spec, [first])
-    if walk:  # the first of the options met on the way is the answer
-        think = walk + f". So the {first.label} is first."
+    # a walk: the first of the options met on the way is the answer
+    think = (_walk(scene, spec, [first]) or "; ".join(clauses)) + f". So the {first.label} is first."
     return Draft("order", "Which of these sounds is heard first?", choices, first.label, think,
                  tuple(e.span for e in picked), {"labels": [e.label for e in picked]})
 
@@ -282,11 +280,10 @@ def make_duration_compare(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         answer = SAME_DURATION if diff == 0 else (x.label if x.duration > y.duration else y.label)
         choices = _options(answer, [c for c in (x.label, y.label, SAME_DURATION) if c != answer], rng)
         verdict = "both last the same." if diff == 0 else f"the {answer} lasts longer."
-        think = (f"I check {_seg(x)}, the {x.label} lasts {_t(x.duration)} seconds; then {_seg(y)}, "
-                 f"the {y.label} lasts {_t(y.duration)} seconds. So " + verdict)
+        named = (f"I check {_seg(x)}, the {x.label} lasts {_t(x.duration)} seconds; then {_seg(y)}, "
+                 f"the {y.label} lasts {_t(y.duration)} seconds")
         walk = _walk(scene, spec, [x, y], {id(e): f", {_t(e.duration)} seconds" for e in (x, y)})
-        if walk:
-            think = walk + ". So " + verdict
+        think = (walk or named) + ". So " + verdict
         return Draft("duration_compare", f"Which lasts longer, the {x.label} or the {y.label}?", choices, answer,
                      think, (x.span, y.span), {"labels": [x.label, y.label], "min_diff": spec.min_duration_diff_s})
     return None
@@ -321,11 +318,8 @@ def make_gap(scene: Scene, rng, spec: DataSpec) -> Draft | None:
         rng.shuffle(wrong)
         fmt = [f"{v:.1f} seconds" for v in wrong[:spec.n_choices - 1]]
         answer = f"{gap:.1f} seconds"
-        think = (f"I check both: {_seg(x)}, the {x.label} ends; then {_seg(y)}, the {y.label} starts. "
-                 f"So the gap is {answer}.")
-        walk = _walk(scene, spec, [y])
-        if walk:
-            think = walk + f". So the gap is {answer}."
+        named = f"I check both: {_seg(x)}, the {x.label} ends; then {_seg(y)}, the {y.label} starts"
+        think = (_walk(scene, spec, [y]) or named) + f". So the gap is {answer}."
         return Draft("gap", f"How long is the silence between the {x.label} and the {y.label}?",
                      _options(answer, fmt, rng), answer, think, (x.span, y.span), {"labels": [x.label, y.label]})
     return None

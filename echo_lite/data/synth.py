@@ -260,7 +260,7 @@ def synthesize(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, se
     return stats
 
 
-def run(out: str | Path, preset: str = "tiny", n: int = 1000, seed: int = 0, teacher: str = "rule",
+def run(out: str | Path, preset: str | Preset = "tiny", n: int = 1000, seed: int = 0, teacher: str = "rule",
         llm_url: str | None = None, llm_model: str | None = None, llm_key_env: str | None = None,
         judge: bool = False, workers: int = 4, progress: bool = True, audioset_tsv: str | None = None,
         label_map: str | None = None, musicbench_json: str | None = None, audio_root: str | None = None,
