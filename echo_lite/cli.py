@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from echo_lite.config import CHAIN_STYLES, PRESETS, RUNTIME_MODES
+from echo_lite.config import CHAIN_STYLES, PLACEMENT_STAGE, PRESETS, RUNTIME_MODES
 
 
 def _cmd_demo(args) -> int:
@@ -76,6 +76,10 @@ def _cmd_pretrain(args) -> int:
     from echo_lite.pretrain import pretrain
 
     preset = get_preset(args.preset)
+    if args.stage == "placement":
+        preset = preset.with_overrides(pretrain={**PLACEMENT_STAGE, **({"init": args.init} if args.init else {})})
+    elif args.init:
+        preset = preset.with_overrides(pretrain={"init": args.init})
     if args.steps is not None:
         preset = preset.with_overrides(pretrain={"steps": args.steps})
     report = pretrain(preset, seed=args.seed, out=args.out, resume=not args.no_resume)
@@ -215,12 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audio-root", help="directory holding the real clips (<segment_id>.wav|flac / MusicBench location)")
     s.set_defaults(func=_cmd_synth)
 
-    pt = sub.add_parser("pretrain", help="train the tiny thinker from scratch on the synthetic world (data/tiny_base)")
+    pt = sub.add_parser("pretrain", help="train the tiny thinker on the synthetic world: from scratch, then a placement stage (data/tiny_base)")
     pt.add_argument("--preset", default="tiny", choices=["tiny"])
     pt.add_argument("--seed", type=int, default=None, help="default: the preset's")
     pt.add_argument("--out", default=None, help="output directory (default data/tiny_base); a re-run resumes it")
     pt.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     pt.add_argument("--no-resume", action="store_true", help="start over even if a saved training state exists")
+    pt.add_argument("--stage", choices=["base", "placement"], default="base",
+                    help="base: from scratch; placement: the shipped base's second stage (config.PLACEMENT_STAGE), "
+                         "from data/tiny_base_stage1 unless --init says otherwise")
+    pt.add_argument("--init", default=None, help="start from this base directory's weights instead of a fresh model")
     pt.set_defaults(func=_cmd_pretrain)
 
     pr = sub.add_parser("probe", help="held-out perception probes and one-pass vs oracle-segment accuracy")

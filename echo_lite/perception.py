@@ -42,7 +42,7 @@ import torch
 
 from echo_lite.audio import AudioFeaturizer, audio_token_count, cut_span
 from echo_lite.config import SEG_CLOSE, SEG_OPEN, THINK_OPEN, DataSpec, PretrainSpec
-from echo_lite.data.questions import QTYPES, Draft
+from echo_lite.data.questions import QTYPES, WALK_OPENING, Draft
 from echo_lite.data.world import Scene, render_scene, sample_scene
 from echo_lite.prompts import AUDIO_SLOT, chat_messages, expand_audio_placeholders, render_chat
 
@@ -167,6 +167,28 @@ def span_item(seed: int, rng: np.random.Generator, qtype: str, seconds: tuple[fl
                 meta={"qtype": qtype, "seed": used, "spans": draft.decisive_spans, "duration": scene.duration})
 
 
+def walk_item(seed: int, rng: np.random.Generator, qtype: str, seconds: tuple[float, float],
+              data: DataSpec, tries: int = 50) -> Item:
+    """Scene + a question whose walk chain (`DataSpec.chain` "walk") goes through the clip's sounds;
+    the teacher's words up to the walk are given, the model writes the walk through its last
+    `</seg>`: each span found as the next sound after the one just written, each named.
+    Selection by place is what the tiny thinker learns (docs/localisation.md)."""
+    walk_data = dataclasses.replace(data, chain="walk")
+    for k in range(tries):  # a walk longer than walk_max_spans falls back to the named chain: next scene
+        scene, draft, used = _scene_with(qtype, seed + k * 1000, rng, seconds, walk_data)
+        start = draft.think.find(WALK_OPENING)
+        if start >= 0:
+            break
+    else:
+        raise PerceptionError(f"no scene from seed {seed} on gave {qtype!r} a walk chain in {tries} tries")
+    head = start + len(WALK_OPENING)
+    close = draft.think.rfind(SEG_CLOSE)
+    return Item("walk", draft.question, (render_scene(scene, data),), 1, draft.think[head:close + len(SEG_CLOSE)],
+                assistant_prefix=THINK_OPEN + draft.think[:head], end_turn=False,
+                meta={"qtype": qtype, "seed": used, "duration": scene.duration,
+                      "all_spans": [e.span for e in sorted(scene.events, key=lambda e: (e.onset, e.offset))]})
+
+
 def read_item(seed: int, rng: np.random.Generator, qtype: str, data: DataSpec) -> Item:
     """The question alone (no audio); the teacher's words up to the first number are given, the
     model writes on to `<seg>`: the times of the question copied (`7.1 to 10.0:`)."""
@@ -284,6 +306,8 @@ def training_batch(step: int, seed: int, spec: PretrainSpec, data: DataSpec) -> 
             items.append(span_item(s, rng, _weighted(rng, spec.span_qtypes), seconds, data))
         elif task == "read":
             items.append(read_item(s, rng, _weighted(rng, spec.read_qtypes), data))
+        elif task == "walk":
+            items.append(walk_item(s, rng, _weighted(rng, spec.walk_qtypes), seconds, data))
         else:
             raise PerceptionError(f"unknown task family {task!r} in PretrainSpec.task_weights")
     return items

@@ -16,6 +16,7 @@ one and re-running the command reproduces the checkpoint.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from echo_lite.config import Preset, PretrainSpec, get_preset
-from echo_lite.model import TINY_BASE_DIR, build_tiny_thinker, count_parameters, load_tokenizer
+from echo_lite.config import PLACEMENT_STAGE, Preset, PretrainSpec, get_preset
+from echo_lite.model import TINY_BASE_DIR, build_tiny_thinker, count_parameters, load_thinker, load_tokenizer
 from echo_lite.perception import PROBES, Collator, answer_loss, one_pass_vs_oracle, run_probes, training_batch
 
 STATE_DIR = "train_state"  # inside the output directory while training; removed at the end
@@ -110,6 +111,13 @@ def command_line(preset: Preset, seed: int) -> str:
     """The CLI command that makes this run (overrides of the preset are listed beside it)."""
     cmd = f"echo-lite pretrain --preset {preset.name} --seed {seed}"
     default = get_preset(preset.name).pretrain
+    stage = {k: v for k, v in PLACEMENT_STAGE.items() if k != "init"}
+    if all(getattr(preset.pretrain, k) == v for k, v in stage.items()):
+        cmd += f" --stage placement --init {preset.pretrain.init}"
+        default = dataclasses.replace(default, **stage, init=preset.pretrain.init)
+    elif preset.pretrain.init is not None:
+        cmd += f" --init {preset.pretrain.init}"
+        default = dataclasses.replace(default, init=preset.pretrain.init)
     changed = {k: v for k, v in asdict(preset.pretrain).items() if getattr(default, k) != v}
     return cmd + (f"  (with pretrain overrides {changed})" if changed else "")
 
@@ -135,7 +143,13 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
     torch.manual_seed(seed)
 
     tok = load_tokenizer("tiny")
-    model = build_tiny_thinker(tok, preset.model).to(preset.device).train()
+    if spec.init is None:
+        model = build_tiny_thinker(tok, preset.model)
+    else:
+        if not (Path(spec.init) / "model.safetensors").exists():
+            raise PretrainError(f"pretrain.init {spec.init!r}: no model.safetensors there to start from")
+        model = load_thinker(spec.init)
+    model = model.to(preset.device).train()
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     config = {"preset": preset.name, "seed": seed, "pretrain": json.loads(json.dumps(asdict(spec))),

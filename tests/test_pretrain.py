@@ -30,6 +30,7 @@ from echo_lite.perception import (
     split_teacher_clause,
     time_copy_items,
     training_batch,
+    walk_item,
 )
 from echo_lite.pretrain import PretrainError, learning_rate, pretrain
 
@@ -228,6 +229,48 @@ def test_span_items_ask_for_the_copied_time_and_the_cited_span(qtype, collate):
     assert collate.tok.decode(answer) == it.answer  # the whole clause is the target, nothing more
     full = collate.tok(it.user_text() + it.assistant_prefix + it.answer, add_special_tokens=False).input_ids
     assert prompt + answer == full  # given and target tokenise as the SFT response would
+
+
+@pytest.mark.parametrize("qtype", [q for q, _ in TINY.pretrain.walk_qtypes])
+def test_walk_items_ask_for_the_sounds_in_order_from_the_start(qtype, collate):
+    """The `walk` family: the teacher's walk chain through its last span is the target; its spans are
+    the clip's sounds from the first one on, in order of onset, as the SFT data's walk chains write them."""
+    from echo_lite.config import THINK_OPEN
+    from echo_lite.data.questions import WALK_OPENING
+    from echo_lite.segments import parse_segments
+
+    it = walk_item(21, np.random.default_rng(0), qtype, (8.0, 14.0), TINY.data)
+    assert it.task == "walk" and not it.end_turn and len(it.clips) == 1
+    assert it.assistant_prefix.startswith(THINK_OPEN) and it.assistant_prefix.endswith(WALK_OPENING)
+    assert it.answer.startswith("<seg>") and it.answer.endswith(SEG_CLOSE)
+    spans = [t.span for t in parse_segments(it.answer)]
+    assert spans and all(t.ok for t in parse_segments(it.answer))
+    assert spans == [tuple(s) for s in it.meta["all_spans"][:len(spans)]]  # from the first sound, none skipped
+    scene = sample_scene(it.meta["seed"], duration=(8.0, 14.0), spec=TINY.data)
+    assert np.array_equal(render_scene(scene, TINY.data), it.clips[0])  # the scene the item names
+    prompt, answer = collate.encode(it)
+    assert collate.tok.decode(answer) == it.answer
+    full = collate.tok(it.user_text() + it.assistant_prefix + it.answer, add_special_tokens=False).input_ids
+    assert prompt + answer == full  # given and target tokenise as the SFT response would
+
+
+def test_walk_family_and_a_second_stage_from_a_base(tmp_path):
+    """`task_weights` may draw the walk family; `init` starts from a base's weights, not a fresh model,
+    and names a missing base."""
+    from safetensors.torch import load_file
+
+    preset = _small(task_weights=(("walk", 1.0),), curriculum_steps=0, steps=2, eval_every=100, probe_items=2,
+                    scene_buckets=(((8.0, 12.0), 1.0),))
+    assert {i.task for i in training_batch(0, 0, preset.pretrain, TINY.data)} == {"walk"}
+    pretrain(preset, seed=0, out=tmp_path / "base", final_eval=False, log=lambda s: None)
+    second = preset.with_overrides(pretrain={"init": str(tmp_path / "base"), "learning_rate": 0.0})
+    pretrain(second, seed=0, out=tmp_path / "stage2", final_eval=False, log=lambda s: None)
+    a = load_file(str(tmp_path / "base" / "model.safetensors"))
+    b = load_file(str(tmp_path / "stage2" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the base's weights, kept
+    missing = preset.with_overrides(pretrain={"init": str(tmp_path / "nowhere")})
+    with pytest.raises(PretrainError, match="nowhere"):
+        pretrain(missing, seed=0, out=tmp_path / "x", final_eval=False, log=lambda s: None)
 
 
 @pytest.mark.parametrize("qtype", [q for q, _ in TINY.pretrain.read_qtypes])

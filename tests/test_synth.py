@@ -106,16 +106,17 @@ def test_rerun_resumes_and_repairs(run, tmp_path):
     assert filecmp.cmp(out / "sft" / lost.audio, copy / "sft" / lost.audio, shallow=False)
     with pytest.raises(SynthError, match="written with other settings .*seed"):
         synthesize(copy, "tiny", n=N, seed=4, progress=False, write_hf=False)
-    # a directory written before a data setting existed resumes when the setting keeps its default ...
+    # a directory written before a data setting existed resumes with the value the setting had then:
+    # walk_max_spans its default, chain "named" (the default until the walks replaced it)
     config_path = copy / "synth_config.json"
     config = json.loads(config_path.read_text())
+    assert config["data"]["chain"] == "walk"  # today's default
     del config["data"]["chain"], config["data"]["walk_max_spans"]
     config_path.write_text(json.dumps(config))
-    assert synthesize(copy, "tiny", n=N, seed=3, progress=False, write_hf=False) == stats
-    # ... and is refused when it does not
-    walk = get_preset("tiny").with_overrides(data={"chain": "walk"})
     with pytest.raises(SynthError, match="written with other settings .*data"):
-        synthesize(copy, walk, n=N, seed=3, progress=False, write_hf=False)
+        synthesize(copy, "tiny", n=N, seed=3, progress=False, write_hf=False)
+    named = get_preset("tiny").with_overrides(data={"chain": "named"})
+    assert synthesize(copy, named, n=N, seed=3, progress=False, write_hf=False)["items"] == stats["items"]
 
 
 def test_cli_synth(tmp_path):
@@ -129,17 +130,19 @@ def test_cli_synth(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--out", str(out), "--n", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--n must be >= 1" in bad.stderr
-    # --chain walk: the setting is recorded, and the directory written with named chains refuses it
-    other = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--preset", "tiny", "--n", "24", "--out",
-                            str(out), "--seed", "1", "--chain", "walk"], capture_output=True, text=True, timeout=300)
-    assert other.returncode != 0 and "data differ" in other.stderr
-    walk = tmp_path / "walk"
-    r = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--preset", "tiny", "--n", "24", "--out",
-                        str(walk), "--seed", "1", "--chain", "walk"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert json.loads((walk / "synth_config.json").read_text())["data"]["chain"] == "walk"
-    cots = [it.response for split in SPLITS for it in read_manifest(walk / split / MANIFEST)]
+    # the chain style is recorded: the default (walks) is written, and the directory refuses --chain named
+    cots = [it.response for split in SPLITS for it in read_manifest(out / split / MANIFEST)]
     assert any("I go through the sounds from the start" in c for c in cots)
+    other = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--preset", "tiny", "--n", "24", "--out",
+                            str(out), "--seed", "1", "--chain", "named"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "data differ" in other.stderr
+    named = tmp_path / "named"
+    r = subprocess.run([sys.executable, "-m", "echo_lite.cli", "synth", "--preset", "tiny", "--n", "24", "--out",
+                        str(named), "--seed", "1", "--chain", "named"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((named / "synth_config.json").read_text())["data"]["chain"] == "named"
+    cots = [it.response for split in SPLITS for it in read_manifest(named / split / MANIFEST)]
+    assert not any("I go through the sounds from the start" in c for c in cots)
 
 
 def _audioset_files(root, n):

@@ -101,6 +101,9 @@ def _window(scene: Scene, inside: list[Event]) -> tuple[float, float] | None:
     return a, b
 
 
+WALK_OPENING = "I go through the sounds from the start: "  # how a walk chain begins (perception.walk_item finds it)
+
+
 def _walk(scene: Scene, spec: DataSpec, upto: list[Event], notes: dict[int, str] | None = None) -> str | None:
     """The clauses of a walk through the clip (DataSpec.chain "walk"): every sound from the start, in order of
     onset, up to the last of `upto`, each cited and named ("<seg>2.0, 3.6</seg>, the noise burst"), with
@@ -114,7 +117,7 @@ def _walk(scene: Scene, spec: DataSpec, upto: list[Event], notes: dict[int, str]
     if len(walked) > spec.walk_max_spans:
         return None
     notes = notes or {}
-    return "I go through the sounds from the start: " + "; ".join(
+    return WALK_OPENING + "; ".join(
         f"{_seg(e)}, the {e.label}{notes.get(id(e), '')}" for e in walked)
 
 

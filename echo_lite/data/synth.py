@@ -70,12 +70,17 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+# Settings whose default has changed since they were added: a directory written before the setting
+# existed was made with this value, not with today's default (the walk chains became the default later).
+DATA_DEFAULTS_WHEN_ADDED = {"chain": "named"}
+
+
 def _check_config(out: Path, config: dict) -> None:
     path = out / CONFIG_FILE
     if path.exists():
         old = json.loads(path.read_text())
-        if isinstance(old.get("data"), dict):  # a setting added since: the old run had its default
-            defaults = json.loads(json.dumps(dataclasses.asdict(DataSpec())))
+        if isinstance(old.get("data"), dict):  # a setting added since: the old run had its default then
+            defaults = json.loads(json.dumps(dataclasses.asdict(DataSpec()))) | DATA_DEFAULTS_WHEN_ADDED
             old["data"] = {**{k: v for k, v in defaults.items() if k not in old["data"]}, **old["data"]}
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
