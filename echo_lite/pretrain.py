@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from echo_lite.config import PLACEMENT_STAGE, Preset, PretrainSpec, get_preset
+from echo_lite.config import PLACEMENT_STAGE, REPO_ROOT, Preset, PretrainSpec, get_preset
 from echo_lite.model import TINY_BASE_DIR, build_tiny_thinker, count_parameters, load_thinker, load_tokenizer
 from echo_lite.perception import PROBES, Collator, answer_loss, one_pass_vs_oracle, run_probes, training_batch
 
@@ -111,13 +111,12 @@ def command_line(preset: Preset, seed: int) -> str:
     """The CLI command that makes this run (overrides of the preset are listed beside it)."""
     cmd = f"echo-lite pretrain --preset {preset.name} --seed {seed}"
     default = get_preset(preset.name).pretrain
-    stage = {k: v for k, v in PLACEMENT_STAGE.items() if k != "init"}
-    if all(getattr(preset.pretrain, k) == v for k, v in stage.items()):
-        cmd += f" --stage placement --init {preset.pretrain.init}"
-        default = dataclasses.replace(default, **stage, init=preset.pretrain.init)
-    elif preset.pretrain.init is not None:
-        cmd += f" --init {preset.pretrain.init}"
-        default = dataclasses.replace(default, init=preset.pretrain.init)
+    init = preset.pretrain.init
+    if init is not None:  # a second stage: named by --stage when it has the placement stage's settings
+        stage = {k: v for k, v in PLACEMENT_STAGE.items() if k != "init"}
+        placement = all(getattr(preset.pretrain, k) == v for k, v in stage.items())
+        cmd += (" --stage placement" if placement else "") + f" --init {init}"
+        default = dataclasses.replace(default, **(stage if placement else {}), init=init)
     changed = {k: v for k, v in asdict(preset.pretrain).items() if getattr(default, k) != v}
     return cmd + (f"  (with pretrain overrides {changed})" if changed else "")
 
@@ -146,9 +145,12 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
     if spec.init is None:
         model = build_tiny_thinker(tok, preset.model)
     else:
-        if not (Path(spec.init) / "model.safetensors").exists():
+        init = Path(spec.init)
+        if not init.is_absolute() and not init.exists():  # "data/tiny_base_stage1" from any directory
+            init = REPO_ROOT / init
+        if not (init / "model.safetensors").exists():
             raise PretrainError(f"pretrain.init {spec.init!r}: no model.safetensors there to start from")
-        model = load_thinker(spec.init)
+        model = load_thinker(init)
     model = model.to(preset.device).train()
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)

@@ -254,23 +254,29 @@ def test_walk_items_ask_for_the_sounds_in_order_from_the_start(qtype, collate):
     assert prompt + answer == full  # given and target tokenise as the SFT response would
 
 
-def test_walk_family_and_a_second_stage_from_a_base(tmp_path):
-    """`task_weights` may draw the walk family; `init` starts from a base's weights, not a fresh model,
-    and names a missing base."""
+def test_walk_family_and_a_second_stage_from_a_base(tmp_path, monkeypatch):
+    """`task_weights` may draw the walk family; `init` starts from a base's weights, not a fresh model (a
+    relative path is found from any directory), names a missing base, and the report names the stage."""
     from safetensors.torch import load_file
+
+    from echo_lite.config import DATA_DIR, PLACEMENT_STAGE
+    from echo_lite.pretrain import command_line
 
     preset = _small(task_weights=(("walk", 1.0),), curriculum_steps=0, steps=2, eval_every=100, probe_items=2,
                     scene_buckets=(((8.0, 12.0), 1.0),))
     assert {i.task for i in training_batch(0, 0, preset.pretrain, TINY.data)} == {"walk"}
-    pretrain(preset, seed=0, out=tmp_path / "base", final_eval=False, log=lambda s: None)
-    second = preset.with_overrides(pretrain={"init": str(tmp_path / "base"), "learning_rate": 0.0})
+    monkeypatch.chdir(tmp_path)  # "data/tiny_base_stage1" is not here: it is found in the repository
+    second = preset.with_overrides(pretrain={"init": "data/tiny_base_stage1", "learning_rate": 0.0})
     pretrain(second, seed=0, out=tmp_path / "stage2", final_eval=False, log=lambda s: None)
-    a = load_file(str(tmp_path / "base" / "model.safetensors"))
+    a = load_file(str(DATA_DIR / "tiny_base_stage1" / "model.safetensors"))
     b = load_file(str(tmp_path / "stage2" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the base's weights, kept
+    assert "--init data/tiny_base_stage1" in (tmp_path / "stage2" / "PRETRAIN.md").read_text()
     missing = preset.with_overrides(pretrain={"init": str(tmp_path / "nowhere")})
     with pytest.raises(PretrainError, match="nowhere"):
         pretrain(missing, seed=0, out=tmp_path / "x", final_eval=False, log=lambda s: None)
+    shipped = TINY.with_overrides(pretrain=PLACEMENT_STAGE)
+    assert command_line(shipped, 0) == "echo-lite pretrain --preset tiny --seed 0 --stage placement --init data/tiny_base_stage1"
 
 
 @pytest.mark.parametrize("qtype", [q for q, _ in TINY.pretrain.read_qtypes])
