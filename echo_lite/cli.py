@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="train the tiny thinker on the synthetic world: from scratch, then a placement stage (data/tiny_base)")
     pt.add_argument("--preset", default="tiny", choices=["tiny"])
     pt.add_argument("--seed", type=int, default=None, help="default: the preset's")
-    pt.add_argument("--out", default=None, help="output directory (default data/tiny_base); a re-run resumes it")
+    pt.add_argument("--out", default=None, help="output directory (default data/tiny_base_stage1 for --stage base, data/tiny_base for --stage placement); a re-run resumes it")
     pt.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     pt.add_argument("--no-resume", action="store_true", help="start over even if a saved training state exists")
     pt.add_argument("--stage", choices=["base", "placement"], default="base",

@@ -123,7 +123,8 @@ def command_line(preset: Preset, seed: int) -> str:
 
 def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | Path | None = None,
              resume: bool = True, final_eval: bool = True, stop_after: int | None = None, log=print) -> dict | None:
-    """Train the tiny base and ship it to `out` (default `data/tiny_base/`). Returns the report.
+    """Train the tiny base and write it to `out` (default: `data/tiny_base_stage1/` from scratch,
+    `data/tiny_base/`, the shipped base, for a second stage from `init`). Returns the report.
 
     Shorter runs (tests, notebooks) pass a preset with overrides:
     `get_preset("tiny").with_overrides(pretrain={"steps": 4})`. `stop_after` ends this call
@@ -136,7 +137,9 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
     seed = spec.seed if seed is None else int(seed)
     if preset.model.source != "tiny":
         raise PretrainError(f"pretraining builds the tiny thinker; preset {preset.name!r} loads {preset.model.source!r}")
-    out = Path(out) if out is not None else TINY_BASE_DIR
+    if out is None:  # the shipped base is the second stage; a run from scratch makes its first
+        out = TINY_BASE_DIR if spec.init is not None else TINY_BASE_DIR.with_name(TINY_BASE_DIR.name + "_stage1")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(spec.threads)
     torch.manual_seed(seed)
