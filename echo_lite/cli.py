@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from echo_lite.config import CHAIN_STYLES, PLACEMENT_STAGE, PRESETS, RUNTIME_MODES
+from echo_lite.config import CHAIN_STYLES, PLACEMENT_ROUND_SEEDS, PLACEMENT_STAGE, PRESETS, RUNTIME_MODES
 
 
 def _cmd_demo(args) -> int:
@@ -73,7 +73,7 @@ def _passive_omp_wait() -> None:
 def _cmd_pretrain(args) -> int:
     _passive_omp_wait()
     from echo_lite.config import get_preset
-    from echo_lite.pretrain import pretrain
+    from echo_lite.pretrain import placement_stage, pretrain
 
     preset = get_preset(args.preset)
     if args.stage == "placement":
@@ -82,7 +82,11 @@ def _cmd_pretrain(args) -> int:
         preset = preset.with_overrides(pretrain={"init": args.init})
     if args.steps is not None:
         preset = preset.with_overrides(pretrain={"steps": args.steps})
-    report = pretrain(preset, seed=args.seed, out=args.out, resume=not args.no_resume)
+    if args.stage == "placement":  # its rounds (config.PLACEMENT_ROUND_SEEDS), or one round with --seed
+        seeds = PLACEMENT_ROUND_SEEDS if args.seed is None else (args.seed,)
+        report = placement_stage(preset, out=args.out, seeds=seeds, resume=not args.no_resume)
+    else:
+        report = pretrain(preset, seed=args.seed, out=args.out, resume=not args.no_resume)
     print(json.dumps({k: report.get(k) for k in ("train_seconds", "eval_seconds", "checkpoint_mb", "probes",
                                                   "fine_detail")}, indent=2))
     return 0
@@ -227,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-resume", action="store_true", help="start over even if a saved training state exists")
     pt.add_argument("--stage", choices=["base", "placement"], default="base",
                     help="base: from scratch; placement: the shipped base's second stage (config.PLACEMENT_STAGE), "
-                         "from data/tiny_base_stage1 unless --init says otherwise")
+                         "from data/tiny_base_stage1 unless --init says otherwise, in rounds "
+                         "(config.PLACEMENT_ROUND_SEEDS; earlier rounds under runs/placement_rounds), "
+                         "or one round with --seed")
     pt.add_argument("--init", default=None, help="start from this base directory's weights instead of a fresh model")
     pt.set_defaults(func=_cmd_pretrain)
 

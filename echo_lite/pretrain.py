@@ -23,12 +23,11 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from echo_lite.config import PLACEMENT_STAGE, REPO_ROOT, Preset, PretrainSpec, get_preset
+from echo_lite.config import PLACEMENT_ROUND_SEEDS, PLACEMENT_STAGE, REPO_ROOT, Preset, PretrainSpec, get_preset
 from echo_lite.model import TINY_BASE_DIR, build_tiny_thinker, count_parameters, load_thinker, load_tokenizer
 from echo_lite.perception import PROBES, Collator, answer_loss, one_pass_vs_oracle, run_probes, training_batch
 
@@ -107,17 +106,23 @@ def load_state(state_dir: Path, model, opt, config: dict) -> tuple[int, list[dic
 # --------------------------------------------------------------------------------------
 # The run.
 # --------------------------------------------------------------------------------------
-def command_line(preset: Preset, seed: int) -> str:
-    """The CLI command that makes this run (overrides of the preset are listed beside it)."""
-    cmd = f"echo-lite pretrain --preset {preset.name} --seed {seed}"
+def command_line(preset: Preset, seed: int | None, seeds: tuple[int, ...] | None = None) -> str:
+    """The CLI command that makes this run (overrides of the preset are listed beside it).
+    `seeds`: the placement stage's rounds (`placement_stage`) instead of one run with `seed`."""
+    cmd = f"echo-lite pretrain --preset {preset.name}"
+    if seeds is None or len(seeds) == 1:
+        cmd += f" --seed {seed if seeds is None else seeds[0]}"
     default = get_preset(preset.name).pretrain
     init = preset.pretrain.init
     if init is not None:  # a second stage: named by --stage when it has the placement stage's settings
         stage = {k: v for k, v in PLACEMENT_STAGE.items() if k != "init"}
         placement = all(getattr(preset.pretrain, k) == v for k, v in stage.items())
-        cmd += (" --stage placement" if placement else "") + f" --init {init}"
+        shown = seeds is None or len(seeds) == 1 or init != PLACEMENT_STAGE["init"]
+        cmd += (" --stage placement" if placement else "") + (f" --init {init}" if shown else "")
+        if seeds is not None and len(seeds) > 1 and tuple(seeds) != PLACEMENT_ROUND_SEEDS:
+            cmd += f"  (rounds with seeds {tuple(seeds)})"
         default = dataclasses.replace(default, **(stage if placement else {}), init=init)
-    changed = {k: v for k, v in asdict(preset.pretrain).items() if getattr(default, k) != v}
+    changed = {k: v for k, v in dataclasses.asdict(preset.pretrain).items() if getattr(default, k) != v}
     return cmd + (f"  (with pretrain overrides {changed})" if changed else "")
 
 
@@ -157,8 +162,8 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
     model = model.to(preset.device).train()
     collate = Collator(tok, model.config.audio_config.num_mel_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
-    config = {"preset": preset.name, "seed": seed, "pretrain": json.loads(json.dumps(asdict(spec))),
-              "model": json.loads(json.dumps(asdict(preset.model)))}
+    config = {"preset": preset.name, "seed": seed, "pretrain": json.loads(json.dumps(dataclasses.asdict(spec))),
+              "model": json.loads(json.dumps(dataclasses.asdict(preset.model)))}
     state_dir = out / STATE_DIR
     step, rows, elapsed, window = 0, [], 0.0, []
     if resume and (state_dir / "state.json").exists():
@@ -223,6 +228,63 @@ def pretrain(preset: str | Preset = "tiny", seed: int | None = None, out: str | 
     if state_dir.exists():
         shutil.rmtree(state_dir)
     return report
+
+
+def placement_stage(preset: str | Preset, out: str | Path | None = None, seeds: tuple[int, ...] = PLACEMENT_ROUND_SEEDS,
+                    rounds_dir: str | Path | None = None, resume: bool = True, final_eval: bool = True,
+                    log=print) -> dict:
+    """Run the placement stage (`preset.pretrain`, the settings of `PLACEMENT_STAGE`) once per seed,
+    each round from the weights of the round before (the first from `preset.pretrain.init`), the
+    rate restarted each time. Every round but the last is written to `rounds_dir/round{k}`
+    (default `runs/placement_rounds`), the last to `out` (default `data/tiny_base/`). A round whose
+    directory already holds its finished report (same settings, seed and start) is kept and not run
+    again, and an interrupted round resumes, so a re-run picks up where it stopped. Returns the last
+    round's report, with the command and every round in it."""
+    preset = get_preset(preset)
+    if preset.pretrain.init is None:
+        raise PretrainError("the placement stage starts from a base: preset.pretrain.init is None")
+    if not seeds:
+        raise PretrainError("the placement stage needs at least one round (seeds is empty)")
+    out = Path(out) if out is not None else TINY_BASE_DIR
+    rounds_dir = Path(rounds_dir) if rounds_dir is not None else Path("runs") / "placement_rounds"
+    start, rounds, report = preset.pretrain.init, [], None
+    for k, seed in enumerate(seeds, 1):
+        last = k == len(seeds)
+        dest = out if last else rounds_dir / f"round{k}"
+        p = preset.with_overrides(pretrain={"init": _shown(start)})
+        report = finished_report(dest, p, seed)
+        if report is not None:
+            log(f"round {k} of {len(seeds)}: kept, already finished in {dest}")
+        else:
+            log(f"round {k} of {len(seeds)}: seed {seed}, from {start} -> {dest}")
+            report = pretrain(p, seed=seed, out=dest, resume=resume, final_eval=final_eval and last, log=log)
+            if report is None:  # stopped early (stop_after is not used here; kept for safety)
+                raise PretrainError(f"round {k} did not finish")
+        rounds.append({"round": k, "seed": seed, "init": _shown(start), "out": _shown(dest),
+                       "train_seconds": report["train_seconds"]})
+        start = dest
+    report = {**report, "command": command_line(preset, None, seeds), "rounds": rounds}
+    write_report(out, report)
+    return report
+
+
+def _shown(path: str | Path) -> str:
+    """`path` as reports keep it: relative to the repository when inside it (no machine's own paths)."""
+    p = Path(path)
+    return str(p.resolve().relative_to(REPO_ROOT)) if p.is_absolute() and p.resolve().is_relative_to(REPO_ROOT) else str(p)
+
+
+def finished_report(out: Path, preset: Preset, seed: int) -> dict | None:
+    """The report in `out` when it is a finished run of these settings and seed; else None."""
+    path = Path(out) / "PRETRAIN.json"
+    if not path.exists() or not (Path(out) / "model.safetensors").exists() or (Path(out) / STATE_DIR).exists():
+        return None
+    report = json.loads(path.read_text())
+    spec = json.loads(json.dumps(dataclasses.asdict(preset.pretrain)))
+    inner = report.get("rounds", [{}])[-1] if "rounds" in report else {}
+    same_seed = (inner.get("seed", report.get("seed")) == seed)
+    same_start = inner.get("init", spec["init"]) == spec["init"]
+    return report if same_seed and same_start and report.get("pretrain") == spec else None
 
 
 def evaluate(model, collate: Collator, preset: Preset, n: int | None = None) -> dict:
@@ -310,8 +372,14 @@ def write_report(out: Path, report: dict) -> None:
         plot_curve(report["curve"], out / "curve.png", chance)
     lines = [
         "# The tiny pretrained base (issue 4)", "",
-        f"Made by `{report['command']}` (seed {report['seed']}, {report['steps']} steps, "
-        f"{report['train_seconds']:.0f} s of training on {report['threads']} CPU threads, torch {report['torch']}).",
+        (f"Made by `{report['command']}` (seed {report['seed']}, {report['steps']} steps, "
+         f"{report['train_seconds']:.0f} s of training on {report['threads']} CPU threads, torch {report['torch']})."
+         if "rounds" not in report else
+         f"Made by `{report['command']}`: {len(report['rounds'])} rounds of {report['steps']} steps (seeds "
+         f"{', '.join(str(r['seed']) for r in report['rounds'])}), each from the weights of the round before "
+         f"(the first from `{report['rounds'][0]['init']}`), the rate restarted each round; "
+         f"{sum(r['train_seconds'] for r in report['rounds']):.0f} s of training on {report['threads']} CPU threads, "
+         f"torch {report['torch']}. The curve is the last round's."),
         f"{report['parameters']:,} parameters, `model.safetensors` {report['checkpoint_mb']} MB. "
         "Training curve: `curve.csv`, `curve.png`. Everything else: `PRETRAIN.json`.", "",
     ]

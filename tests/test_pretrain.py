@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from echo_lite.audio import audio_token_count, cut_span
-from echo_lite.config import AUDIO_BOS, AUDIO_PAD, SEG_CLOSE, get_preset
+from echo_lite.config import AUDIO_BOS, AUDIO_PAD, DATA_DIR, SEG_CLOSE, get_preset
 from echo_lite.data.world import render_scene, sample_scene
 from echo_lite.perception import (
     PROBES,
@@ -259,7 +259,7 @@ def test_walk_family_and_a_second_stage_from_a_base(tmp_path, monkeypatch):
     relative path is found from any directory), names a missing base, and the report names the stage."""
     from safetensors.torch import load_file
 
-    from echo_lite.config import DATA_DIR, PLACEMENT_STAGE
+    from echo_lite.config import PLACEMENT_ROUND_SEEDS, PLACEMENT_STAGE
     from echo_lite.pretrain import command_line
 
     preset = _small(task_weights=(("walk", 1.0),), curriculum_steps=0, steps=2, eval_every=100, probe_items=2,
@@ -277,6 +277,43 @@ def test_walk_family_and_a_second_stage_from_a_base(tmp_path, monkeypatch):
         pretrain(missing, seed=0, out=tmp_path / "x", final_eval=False, log=lambda s: None)
     shipped = TINY.with_overrides(pretrain=PLACEMENT_STAGE)
     assert command_line(shipped, 0) == "echo-lite pretrain --preset tiny --seed 0 --stage placement --init data/tiny_base_stage1"
+    assert command_line(shipped, None, PLACEMENT_ROUND_SEEDS) == "echo-lite pretrain --preset tiny --stage placement"
+    assert command_line(shipped, None, (5, 6)).endswith("--stage placement  (rounds with seeds (5, 6))")
+
+
+def test_placement_rounds_chain_runs_and_are_kept(tmp_path):
+    """`placement_stage` runs one round per seed, each from the round before: the result equals the same
+    runs chained by hand. A second call keeps every finished round (runs nothing); the report names the
+    rounds; a preset without a base to start from is refused."""
+    from safetensors.torch import load_file
+
+    from echo_lite.pretrain import placement_stage
+
+    preset = _small(init="data/tiny_base_stage1", steps=2, curriculum_steps=0, eval_every=100)
+    quiet = lambda s: None  # noqa: E731
+    report = placement_stage(preset, out=tmp_path / "final", seeds=(0, 1), rounds_dir=tmp_path / "rounds",
+                             final_eval=False, log=quiet)
+    assert [(r["round"], r["seed"]) for r in report["rounds"]] == [(1, 0), (2, 1)]
+    assert report["rounds"][1]["init"] == str(tmp_path / "rounds" / "round1")
+    assert "rounds of 2 steps (seeds 0, 1)" in (tmp_path / "final" / "PRETRAIN.md").read_text()
+    by_hand = tmp_path / "hand"
+    pretrain(preset, seed=0, out=by_hand / "1", final_eval=False, log=quiet)
+    pretrain(preset.with_overrides(pretrain={"init": str(by_hand / "1")}), seed=1, out=by_hand / "2",
+             final_eval=False, log=quiet)
+    a, b = load_file(str(tmp_path / "final" / "model.safetensors")), load_file(str(by_hand / "2" / "model.safetensors"))
+    stage1 = load_file(str(DATA_DIR / "tiny_base_stage1" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the chain by hand, bit for bit
+    assert not all(torch.equal(a[k], stage1[k]) for k in a)  # and it trained
+    said = []
+    placement_stage(preset, out=tmp_path / "final", seeds=(0, 1), rounds_dir=tmp_path / "rounds",
+                    final_eval=False, log=said.append)
+    assert sum("kept" in s for s in said) == 2 and not any(s.startswith("step") for s in said)
+    said.clear()  # another seed for the last round: round 1 kept, round 2 run again
+    placement_stage(preset, out=tmp_path / "final", seeds=(0, 3), rounds_dir=tmp_path / "rounds",
+                    final_eval=False, log=said.append)
+    assert sum("kept" in s for s in said) == 1
+    with pytest.raises(PretrainError, match="init"):
+        placement_stage(_small(), out=tmp_path / "x", log=quiet)
 
 
 @pytest.mark.parametrize("qtype", [q for q, _ in TINY.pretrain.read_qtypes])
