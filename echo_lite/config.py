@@ -235,8 +235,8 @@ class DataSpec:
 
 
 # The shipped base's second stage (`echo-lite pretrain --stage placement`): the one-stage base
-# (data/tiny_base_stage1) trained 2,400 steps more per round (PLACEMENT_ROUND_SEEDS) with walks through the clip (the `walk` family) and
-# spans of the sound at a given time (`span`) taking 65 % of the steps. Why: the tiny thinker learns to
+# (data/tiny_base_stage1) trained 2,400 steps more per round (PLACEMENT_ROUND_SEEDS) with walks through
+# the clip (the `walk` family) and spans of the sound at a given time (`span`) taking 65 % of the steps. Why: the tiny thinker learns to
 # reach a sound by its place in time, and the 1,000 SFT steps of the main job see too few walks to learn
 # it (docs/localisation.md). Walk IoU by place on held-out scenes 0.019 -> 0.332 after one round; the
 # probes stayed within 0.06 of the one-stage base's (label 0.370 -> 0.355, count 0.460 -> 0.405, order

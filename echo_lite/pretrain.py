@@ -258,8 +258,6 @@ def placement_stage(preset: str | Preset, out: str | Path | None = None, seeds: 
         else:
             log(f"round {k} of {len(seeds)}: seed {seed}, from {start} -> {dest}")
             report = pretrain(p, seed=seed, out=dest, resume=resume, final_eval=final_eval and last, log=log)
-            if report is None:  # stopped early (stop_after is not used here; kept for safety)
-                raise PretrainError(f"round {k} did not finish")
         rounds.append({"round": k, "seed": seed, "init": _shown(start), "out": _shown(dest),
                        "train_seconds": report["train_seconds"]})
         start = dest
@@ -281,10 +279,8 @@ def finished_report(out: Path, preset: Preset, seed: int) -> dict | None:
         return None
     report = json.loads(path.read_text())
     spec = json.loads(json.dumps(dataclasses.asdict(preset.pretrain)))
-    inner = report.get("rounds", [{}])[-1] if "rounds" in report else {}
-    same_seed = (inner.get("seed", report.get("seed")) == seed)
-    same_start = inner.get("init", spec["init"]) == spec["init"]
-    return report if same_seed and same_start and report.get("pretrain") == spec else None
+    last = report["rounds"][-1] if "rounds" in report else {"seed": report.get("seed"), "init": spec["init"]}
+    return report if last["seed"] == seed and last["init"] == spec["init"] and report.get("pretrain") == spec else None
 
 
 def evaluate(model, collate: Collator, preset: Preset, n: int | None = None) -> dict:
