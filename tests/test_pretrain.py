@@ -254,6 +254,18 @@ def test_walk_items_ask_for_the_sounds_in_order_from_the_start(qtype, collate):
     assert prompt + answer == full  # given and target tokenise as the SFT response would
 
 
+def test_a_rare_question_type_keeps_looking_past_fifty_scenes():
+    """Step 2,031 of a placement round with seed 4 asks `overlap` from seed 707,025; the first scene from
+    there that can ask it is the 56th. With 50 tries that round stopped with an error (it did, once)."""
+    from echo_lite.config import PLACEMENT_STAGE
+
+    spec = TINY.with_overrides(pretrain=PLACEMENT_STAGE).pretrain
+    items = training_batch(2031, 4, spec, TINY.data)
+    assert len(items) == spec.batch_size and {i.task for i in items} == {"walk"}
+    found = [i.meta["seed"] for i in items if i.meta["qtype"] == "overlap" and i.meta["seed"] >= 707_025]
+    assert found and min(found) - 707_025 >= 50
+
+
 def test_walk_family_and_a_second_stage_from_a_base(tmp_path, monkeypatch):
     """`task_weights` may draw the walk family; `init` starts from a base's weights, not a fresh model (a
     relative path is found from any directory), names a missing base, and the report names the stage."""
