@@ -129,7 +129,7 @@ def _draft(qtype: str, scene: Scene, rng: np.random.Generator, data: DataSpec) -
 def _scene_with(qtype: str, seed: int, rng: np.random.Generator, seconds, data: DataSpec,
                 tries: int = 500) -> tuple[Scene, Draft, int]:
     """The first scene from `seed` on that can ask `qtype` (seeds are consumed in order). Why 500:
-    `overlap` is rare in short scenes, and 50 tries ran out at step 2,0xx of a placement round (seed 4);
+    `overlap` is rare in short scenes, and 50 tries ran out at step 2,031 of a placement round (seed 4);
     more tries change no item that 50 could make (under 1,000, so `walk_item`'s seed blocks stay apart)."""
     for k in range(tries):
         scene = _scene(seed + k, seconds, data)

@@ -374,7 +374,8 @@ def write_report(out: Path, report: dict) -> None:
          f"Made by `{report['command']}`: {len(report['rounds'])} rounds of {report['steps']} steps (seeds "
          f"{', '.join(str(r['seed']) for r in report['rounds'])}), each from the weights of the round before "
          f"(the first from `{report['rounds'][0]['init']}`), the rate restarted each round; "
-         f"{sum(r['train_seconds'] for r in report['rounds']):.0f} s of training on {report['threads']} CPU threads, "
+         f"{sum(r['train_seconds'] for r in report['rounds']):.0f} s of training in all (the last round on "
+         f"{report['threads']} CPU thread{'s' * (report['threads'] != 1)}), "
          f"torch {report['torch']}. The curve is the last round's."),
         f"{report['parameters']:,} parameters, `model.safetensors` {report['checkpoint_mb']} MB. "
         "Training curve: `curve.csv`, `curve.png`. Everything else: `PRETRAIN.json`.", "",
