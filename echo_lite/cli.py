@@ -109,7 +109,9 @@ def sft_preset(args):
     `echo-lite sft --preset tiny` trains as the demo does."""
     from echo_lite.config import get_preset
 
-    sft = {k: v for k, v in (("use_lora", args.lora), ("insert_cited_clips", args.insert_clips)) if v is not None}
+    flags = (("use_lora", args.lora), ("insert_cited_clips", args.insert_clips),
+             ("group_by_length", getattr(args, "group_by_length", None)))
+    sft = {k: v for k, v in flags if v is not None}
     return get_preset(args.preset).with_overrides(sft=sft)
 
 
@@ -255,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--full", dest="lora", action="store_const", const=False, help="full fine-tuning")
     f.add_argument("--insert-clips", action=argparse.BooleanOptionalAction, default=None,
                    help="insert each cited clip after its </seg>, masked from the loss (default: the preset's)")
+    f.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None,
+                   help="batches of items of about the same length (default: the preset's)")
     f.add_argument("--max-steps", type=int)
     f.add_argument("--epochs", type=float)
     f.set_defaults(func=_cmd_sft)

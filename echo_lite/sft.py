@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from echo_lite.audio import AudioFeaturizer, audio_token_count, cut_span, load_audio
-from echo_lite.config import IM_END, SAMPLE_RATE, SEG_CLOSE, Preset, get_preset
+from echo_lite.config import AUDIO_TOKENS_PER_SECOND, IM_END, SAMPLE_RATE, SEG_CLOSE, Preset, get_preset
 from echo_lite.model import apply_lora, expand_text_depth, freeze_audio_tower, load_preset_model
 from echo_lite.prompts import audio_insert_text, build_prompt
 from echo_lite.segments import format_segment, parse_segments, validate_segment
@@ -164,7 +164,55 @@ def _audio_sft_trainer_class():
             inputs["use_cache"] = False
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            sampler = _resumable_length_grouped_sampler_class()
+            return sampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset["length"])
+
     return AudioSFTTrainer
+
+
+def _resumable_length_grouped_sampler_class():
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class ResumableLengthGroupedSampler(LengthGroupedSampler):
+        """transformers' LengthGroupedSampler, made to resume exactly. Theirs draws each epoch's order
+        from the global RNG as it stands when the epoch starts; a run resumed in a later epoch has
+        skipped the earlier epochs' draws, so it batched that epoch differently from an uninterrupted
+        run (tests/test_sft.py caught it). This one keeps the global RNG state of the first epoch it
+        runs (the same in a fresh and a resumed run: the trainer restores the RNG only after it) and
+        replays the draws an uninterrupted run makes before epoch e (each epoch's order, then the next
+        epoch's DataLoader seed), so its orders are transformers' own, resumed or not."""
+
+        def __init__(self, batch_size: int, lengths: list[int]):
+            super().__init__(batch_size, lengths=list(lengths), generator=torch.Generator())
+            self.start_state, self.epoch = None, 0
+
+        def set_epoch(self, epoch: int) -> None:  # the trainer calls it before each epoch
+            self.epoch = epoch
+
+        def __iter__(self):
+            if self.start_state is None:
+                self.start_state = torch.get_rng_state()
+            self.generator.set_state(self.start_state)
+            for _ in range(self.epoch):
+                torch.randperm(len(self.lengths), generator=self.generator)
+                torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            return super().__iter__()
+
+    return ResumableLengthGroupedSampler
+
+
+def approx_tokens(tokenizer, item: dict) -> int:
+    """About how many tokens an SFT item encodes to: its text tokenized (prompt and response),
+    plus its clip and each cited clip at the audio token rate. Only to group items of similar
+    length (`SFTSpec.group_by_length`): the exact count needs every clip read and cut."""
+    text = build_prompt(item["question"], item["choices"], [1]) + item["response"]  # one pad: the template
+    seconds = float(item.get("duration") or 0.0) + sum(t.span[1] - t.span[0] for t in parse_segments(item["response"]) if t.ok)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + int(seconds * AUDIO_TOKENS_PER_SECOND)
 
 
 def _trl_config(preset: Preset, out_dir: Path, **overrides):
@@ -180,6 +228,7 @@ def _trl_config(preset: Preset, out_dir: Path, **overrides):
         logging_steps=5, save_strategy="steps", save_steps=50, save_total_limit=2, report_to="none",
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
         dataloader_num_workers=0, use_cpu=preset.device == "cpu", disable_tqdm=False,
+        train_sampling_strategy="group_by_length" if s.group_by_length else "random",
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
@@ -214,6 +263,8 @@ def run_sft(items: list[dict], data_root: str | Path, out_dir: str | Path, prese
     collator = AudioSFTCollator(lm.tokenizer, preset, data_root, lm.n_mels)
     dataset = Dataset.from_list([{k: v for k, v in it.items() if k in ("id", "audio", "question", "choices",
                                                                           "response")} for it in items])
+    if preset.sft.group_by_length:  # the sampler reads the `length` column (the collator ignores it)
+        dataset = dataset.add_column("length", [approx_tokens(lm.tokenizer, it) for it in items])
     args = _trl_config(preset, out_dir, **trainer_overrides)
     trainer = _audio_sft_trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=lm.tokenizer, callbacks=callbacks)

@@ -62,3 +62,6 @@ def test_sft_flags_override_the_preset_only_when_given():
     assert (big.use_lora, big.insert_cited_clips) == (True, False)
     assert spec("--preset", "omni-3b", "--full", "--insert-clips").use_lora is False
     assert spec("--preset", "omni-3b", "--insert-clips").insert_cited_clips is True
+    assert (tiny.group_by_length, big.group_by_length) == (True, False)
+    assert spec("--preset", "tiny", "--no-group-by-length").group_by_length is False
+    assert spec("--preset", "omni-3b", "--group-by-length").group_by_length is True
