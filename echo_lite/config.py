@@ -392,7 +392,7 @@ PRESETS: dict[str, Preset] = {
         # answers of the SFT model trained without it came after a tag the runtime declined; with it,
         # same data and steps, 300 held-out items: well formed 0.903 -> 0.933, malformed after a
         # declined tag 22 -> 8, accuracy 0.477 both (measured). 0.15 with 1,000 steps: see DemoSpec below.
-        # Batches grouped by length (group_by_length): the main job's 2,000 SFT steps took 28 min on the 2
+        # Batches grouped by length (group_by_length): the main job's 2,000 SFT steps took 31 min on the 2
         # cores instead of ~50 (a random batch of 8 is mostly padding to its longest clip), same data
         # and steps, same 300 held-out items: named IoU 0.471 -> 0.465, accuracy 0.567 -> 0.623, well
         # formed 0.990 -> 0.987; after GRPO IoU 0.507 -> 0.529, accuracy 0.617 -> 0.603 (measured;
