@@ -175,7 +175,6 @@ def _audio_sft_trainer_class():
 
 
 def _resumable_length_grouped_sampler_class():
-    import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class ResumableLengthGroupedSampler(LengthGroupedSampler):
