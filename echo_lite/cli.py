@@ -110,7 +110,7 @@ def sft_preset(args):
     from echo_lite.config import get_preset
 
     flags = (("use_lora", args.lora), ("insert_cited_clips", args.insert_clips),
-             ("group_by_length", getattr(args, "group_by_length", None)))
+             ("group_by_length", args.group_by_length))
     sft = {k: v for k, v in flags if v is not None}
     return get_preset(args.preset).with_overrides(sft=sft)
 

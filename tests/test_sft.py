@@ -172,6 +172,15 @@ def test_full_fine_tuning_trains_the_language_model_only(sft_data, tmp_path):
     assert after[f"model.layers.{n - 1}.mlp.down_proj.weight"].abs().max() > 0
 
 
+def _record_batches(monkeypatch) -> list[tuple[str, ...]]:
+    """The item ids of every batch the SFT collator is given, in order (the real collator still runs)."""
+    seen = []
+    real_call = AudioSFTCollator.__call__
+    monkeypatch.setattr(AudioSFTCollator, "__call__", lambda self, batch: seen.append(tuple(b["id"] for b in batch))
+                        or real_call(self, batch))
+    return seen
+
+
 def test_group_by_length_batches_items_of_similar_length(tmp_path, monkeypatch):
     """`SFTSpec.group_by_length`: `approx_tokens` tracks the real encoded length, and the sampler
     puts the longest items together (its first batch) instead of mixing long and short ones."""
@@ -194,10 +203,7 @@ def test_group_by_length_batches_items_of_similar_length(tmp_path, monkeypatch):
         exact = len(collator.encode(it).input_ids)
         assert abs(approx_tokens(collator.tokenizer, it) - exact) <= 0.05 * exact, (it["id"], exact)
 
-    seen = []
-    real_call = AudioSFTCollator.__call__
-    monkeypatch.setattr(AudioSFTCollator, "__call__", lambda self, batch: seen.append([b["id"] for b in batch])
-                        or real_call(self, batch))
+    seen = _record_batches(monkeypatch)
     run_sft(items, tmp_path, tmp_path / "grouped", preset, max_steps=2, per_device_train_batch_size=4,
             disable_tqdm=True, warmup_steps=0)
     longest = {it["id"] for it in sorted(items, key=lambda it: approx_tokens(collator.tokenizer, it))[-4:]}
@@ -216,10 +222,7 @@ def test_grouped_batches_are_transformers_own_and_resume_in_a_later_epoch(sft_da
     root, items = sft_data
     preset = get_preset("tiny").with_overrides(sft={"group_by_length": True})
     common = dict(max_steps=6, save_steps=3, per_device_train_batch_size=4, warmup_steps=0, disable_tqdm=True)
-    seen = []
-    real_call = AudioSFTCollator.__call__
-    monkeypatch.setattr(AudioSFTCollator, "__call__", lambda self, batch: seen.append(tuple(b["id"] for b in batch))
-                        or real_call(self, batch))
+    seen = _record_batches(monkeypatch)
 
     def batches(out, **kw):
         seen.clear()
