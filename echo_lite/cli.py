@@ -164,13 +164,21 @@ def _cmd_eval(args) -> int:
     lm = _load(args.preset, args.checkpoint)
     if args.bench == "synthetic":
         split = Path(args.data) if Path(args.data).name == "eval" else Path(args.data) / "eval"
-        res = evaluate_split(lm, split, mode=args.mode, limit=args.limit)
-        res.save(args.out, f"synthetic_{args.mode}")
+        temperature = args.temperature
+        if temperature is None:  # greedy, unless answers are sampled for a consensus
+            temperature = lm.preset.sampling.eval_temperature if args.samples > 1 else 0.0
+        res = evaluate_split(lm, split, mode=args.mode, limit=args.limit, samples=args.samples, temperature=temperature)
+        res.save(args.out, f"synthetic_{args.mode}" + (f"_consensus{args.samples}" if args.samples > 1 else ""))
         metrics = res.metrics
     else:
+        if args.samples != 1:
+            from echo_lite.interleave import RuntimeInputError
+
+            raise RuntimeInputError(f"--samples {args.samples}: consensus answers are for the synthetic benchmark only")
         suffix = ".jsonl" if args.bench == "mmar" else ".json"
         pred = Path(args.out) / f"{args.bench}_{args.mode}_predictions{suffix}"
-        metrics = evaluate_benchmark(lm, args.bench, args.data, pred, args.mode, limit=args.limit)
+        metrics = evaluate_benchmark(lm, args.bench, args.data, pred, args.mode, limit=args.limit,
+                                     temperature=args.temperature or 0.0)
     print(json.dumps(metrics, indent=1))
 def _cmd_listen(args) -> int:
     from echo_lite.interleave import answer_audio_file
@@ -288,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["one_pass", "tags_only", "interleaved", "random_segment", "oracle_segment"])
     e.add_argument("--out", required=True)
     e.add_argument("--limit", type=int)
+    e.add_argument("--samples", type=int, default=1,
+                   help="answer each question with the consensus of this many sampled answers (synthetic only)")
+    e.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (default: greedy, or the preset's evaluation temperature with --samples)")
     e.set_defaults(func=_cmd_eval)
     li = sub.add_parser("listen", help="answer a question about an audio file with the interleaved runtime")
     li.add_argument("--audio", required=True, help="wav/flac/ogg/mp3 file")

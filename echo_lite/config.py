@@ -337,6 +337,9 @@ class DemoSpec:
     sft_epochs: float = 2.0
     grpo_steps: int = 24
     eval_items: int = 96  # held-out items answered per row of the ablation table
+    # The SFT and SFT+GRPO rows again as the consensus of this many sampled answers (consensus.py);
+    # 1 = greedy rows only. 8: the GRPO group size (ECHO_METHOD.md section 5).
+    consensus_samples: int = 8
     seed: int = 0
 
 

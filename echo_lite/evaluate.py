@@ -19,6 +19,7 @@ import numpy as np
 from echo_lite.answers import extract_answer, is_correct, match_choice
 from echo_lite.audio import load_audio
 from echo_lite.config import SegmentLimits
+from echo_lite.consensus import consensus_generate
 from echo_lite.data.filters import TIME_IN_QUESTION, citations
 from echo_lite.data.formats import Item, read_manifest, resolve_audio
 from echo_lite.data.world import label_vocabulary
@@ -195,8 +196,9 @@ def record_for(item: Item, trace: Trace, tokenizer) -> dict:
         if item.decisive_spans else None,
         "positions": [s[0] / item.duration for s in spans],
         "overlap": _overlap_fraction(spans),
+        # a consensus answer cost all its samples
         "tokens": trace.n_generated, "seconds": trace.timings.get("total_s", 0.0) / max(1, trace.timings.get(
-            "batch_size", 1)), "text": text,
+            "batch_size", 1)) * trace.timings.get("consensus_samples", 1), "text": text,
     }
 
 
@@ -241,8 +243,12 @@ def summarize(records: list[dict]) -> dict:
 
 
 def evaluate_items(lm: LoadedModel, items: Sequence[Item], split_dir: str | Path, mode: str = "interleaved",
-                   temperature: float = 0.0, seed: int = 0, batch_size: int | None = None) -> EvalResult:
-    """Answer every item in `mode` (greedy by default: the numbers reproduce) and measure."""
+                   temperature: float = 0.0, seed: int = 0, batch_size: int | None = None,
+                   samples: int = 1) -> EvalResult:
+    """Answer every item in `mode` (greedy by default: the numbers reproduce) and measure.
+
+    samples > 1: each answer is the consensus of that many sampled answers (`consensus.py`;
+    needs a temperature above 0), still the same on every run."""
     split_dir = Path(split_dir)
     wavs = {}
     queries = []
@@ -252,9 +258,9 @@ def evaluate_items(lm: LoadedModel, items: Sequence[Item], split_dir: str | Path
         queries.append(Query(wav=wavs[it.audio], question=it.question, choices=it.choices,
                              decisive_spans=[tuple(s) for s in it.decisive_spans], id=it.id))
     gen = InterleavedGenerator(lm, mode=mode, temperature=temperature, batch_size=batch_size)
-    traces = gen.generate(queries, seed=seed)
+    traces = gen.generate(queries, seed=seed) if samples == 1 else consensus_generate(gen, queries, samples, seed)
     records = [record_for(it, tr, lm.tokenizer) for it, tr in zip(items, traces)]
-    metrics = {"mode": mode, "temperature": temperature, **summarize(records)}
+    metrics = {"mode": mode, "temperature": temperature, "samples": samples, **summarize(records)}
     return EvalResult(metrics, records)
 
 

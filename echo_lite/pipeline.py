@@ -13,6 +13,9 @@ re-run (or a notebook) picks up where the last one stopped. Rows of the table:
 | GRPO without SFT | base + GRPO | interleaved |
 | GRPO without segment reward | SFT + GRPO (no segment bonus) | interleaved |
 | final random_segment / oracle_segment | SFT + GRPO | controls |
+
+The SFT and SFT+GRPO rows are also given as the consensus of `DemoSpec.consensus_samples` sampled
+answers at the preset's evaluation temperature (`consensus.py`), beside their greedy rows.
 """
 
 from __future__ import annotations
@@ -103,19 +106,24 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
         "grpo_no_sft": lambda: load_grpo_model(grpo_no_sft, preset, None),
         "grpo_no_seg": lambda: load_grpo_model(grpo_no_seg, preset, sft),
     }
-    plan = [
-        ("base one-pass CoT", "base", "one_pass"),
-        ("SFT tags_only", "sft", "tags_only"),
-        ("SFT interleaved", "sft", "interleaved"),
-        ("SFT+GRPO interleaved (Echo)", "grpo", "interleaved"),
-        ("GRPO without SFT", "grpo_no_sft", "interleaved"),
-        ("GRPO without segment reward", "grpo_no_seg", "interleaved"),
-        ("final random_segment", "grpo", "random_segment"),
-        ("final oracle_segment", "grpo", "oracle_segment"),
+    k = preset.demo.consensus_samples
+    plan = [  # (row, model, mode, samples per answer: 1 = greedy, k = consensus of k sampled answers)
+        ("base one-pass CoT", "base", "one_pass", 1),
+        ("SFT tags_only", "sft", "tags_only", 1),
+        ("SFT interleaved", "sft", "interleaved", 1),
+        (f"SFT interleaved, consensus {k}", "sft", "interleaved", k),
+        ("SFT+GRPO interleaved (Echo)", "grpo", "interleaved", 1),
+        (f"SFT+GRPO, consensus {k}", "grpo", "interleaved", k),
+        ("GRPO without SFT", "grpo_no_sft", "interleaved", 1),
+        ("GRPO without segment reward", "grpo_no_seg", "interleaved", 1),
+        ("final random_segment", "grpo", "random_segment", 1),
+        ("final oracle_segment", "grpo", "oracle_segment", 1),
     ]
+    plan = [p for p in plan if p[3] == 1 or k > 1]
     rows, loaded = [], {}
-    for name, model_key, mode in plan:
-        cache = run_dir / "eval" / f"{model_key}_{mode}.json"
+    for name, model_key, mode, samples in plan:
+        stem = f"{model_key}_{mode}" + (f"_consensus{samples}" if samples > 1 else "")
+        cache = run_dir / "eval" / f"{stem}.json"
         cached = json.loads(cache.read_text()) if cache.exists() else {}
         if cached.get("metrics_version") == METRICS_VERSION:  # an evaluation made with other measures is redone
             metrics = cached
@@ -123,10 +131,13 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
             _stage(f"eval: {name}")
             if model_key not in loaded:
                 loaded = {model_key: models[model_key]()}  # one model in memory at a time
-            res = evaluate_split(loaded[model_key], data / "eval", mode=mode, limit=preset.demo.eval_items)
-            res.save(run_dir / "eval", f"{model_key}_{mode}")
+            sampling = {"samples": samples, "temperature": preset.sampling.eval_temperature} if samples > 1 else {}
+            res = evaluate_split(loaded[model_key], data / "eval", mode=mode, limit=preset.demo.eval_items,
+                                 seed=preset.demo.seed, **sampling)
+            res.save(run_dir / "eval", stem)
             metrics = res.metrics
-        rows.append({"name": name, "model": model_key, "mode": mode, **{k: metrics[k] for k in TABLE_KEYS}})
+        rows.append({"name": name, "model": model_key, "mode": mode, "samples": samples,
+                     **{key: metrics[key] for key in TABLE_KEYS}})
     (run_dir / "results.json").write_text(json.dumps(rows, indent=1))
     _stage(f"done in {time.perf_counter() - t0:.0f} s; results in {run_dir / 'results.json'}")
     return rows

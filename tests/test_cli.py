@@ -26,10 +26,14 @@ def test_demo_runs_the_whole_pipeline_small(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["name"] for r in rows] == ["base one-pass CoT", "SFT tags_only", "SFT interleaved",
-                                         "SFT+GRPO interleaved (Echo)", "GRPO without SFT",
+                                         "SFT interleaved, consensus 8", "SFT+GRPO interleaved (Echo)",
+                                         "SFT+GRPO, consensus 8", "GRPO without SFT",
                                          "GRPO without segment reward", "final random_segment", "final oracle_segment"]
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["seconds_per_answer"] > 0
+        assert r["samples"] == (8 if "consensus" in r["name"] else 1)
+    consensus = json.loads((tmp_path / "demo" / "eval" / "sft_interleaved_consensus8.json").read_text())
+    assert (consensus["samples"], consensus["temperature"]) == (8, 0.7)  # sampled at the preset's eval temperature
     assert "SFT+GRPO interleaved (Echo)" in out.stdout  # the printed table
     assert "shipped run" not in out.stdout  # toy sizes: no comparison with the shipped table
 
@@ -65,3 +69,20 @@ def test_sft_flags_override_the_preset_only_when_given():
     assert (tiny.group_by_length, big.group_by_length) == (True, False)
     assert spec("--preset", "tiny", "--no-group-by-length").group_by_length is False
     assert spec("--preset", "omni-3b", "--group-by-length").group_by_length is True
+
+
+def test_eval_answers_by_consensus_when_asked(tmp_path):
+    from echo_lite.data.synth import synthesize
+
+    synthesize(tmp_path / "data", preset="tiny", n=24, seed=5, write_hf=False, progress=False)
+    out = _run("eval", "--preset", "tiny", "--data", str(tmp_path / "data"), "--limit", "2", "--samples", "3",
+               "--out", str(tmp_path / "ev"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ev" / "synthetic_interleaved_consensus3.json").read_text())
+    assert (metrics["samples"], metrics["temperature"], metrics["n"]) == (3, 0.7, 2)  # the preset's eval temperature
+    greedy = _run("eval", "--preset", "tiny", "--data", str(tmp_path / "data"), "--limit", "2", "--samples", "3",
+                  "--temperature", "0", "--out", str(tmp_path / "ev"))
+    assert greedy.returncode == 2 and "greedy samples are all the same answer" in greedy.stderr
+    mmau = _run("eval", "--preset", "tiny", "--bench", "mmau", "--data", str(tmp_path), "--samples", "3",
+                "--out", str(tmp_path / "ev"))
+    assert mmau.returncode == 2 and "synthetic benchmark only" in mmau.stderr
