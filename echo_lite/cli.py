@@ -15,11 +15,13 @@ def _cmd_demo(args) -> int:
 
     sizes = {k: v for k, v in (("n_items", args.n_items), ("sft_epochs", args.sft_epochs),
                                ("grpo_steps", args.grpo_steps), ("eval_items", args.eval_items)) if v is not None}
-    preset = get_preset(args.preset).with_overrides(demo={**sizes, "seed": args.seed})
+    second = {k: v for k, v in (("questions", args.self_improve_questions), ("steps", args.self_improve_steps))
+              if v is not None}
+    preset = get_preset(args.preset).with_overrides(demo={**sizes, "seed": args.seed}, self_improve=second)
     rows = run_demo_pipeline(preset, args.run_dir)
     print()
     print(format_table(rows))
-    if args.preset == "tiny" and not sizes and args.seed == get_preset("tiny").demo.seed and SHIPPED_RESULTS.exists():
+    if args.preset == "tiny" and not sizes and not second and args.seed == get_preset("tiny").demo.seed and SHIPPED_RESULTS.exists():
         diffs = compare_tables(rows, json.loads(SHIPPED_RESULTS.read_text()))
         print()
         if diffs:
@@ -28,6 +30,23 @@ def _cmd_demo(args) -> int:
             print("\n".join(f"  {d}" for d in diffs))
         else:
             print(f"Every value but the timings equals the shipped run's ({SHIPPED_RESULTS.name}): the pipeline reproduced.")
+    return 0
+
+
+def _cmd_self_improve(args) -> int:
+    from pathlib import Path
+
+    from echo_lite.config import get_preset
+    from echo_lite.self_improve import SelfImproveError, run_self_improve
+    from echo_lite.sft import sft_items
+
+    second = {k: v for k, v in (("questions", args.questions), ("steps", args.steps)) if v is not None}
+    preset = get_preset(args.preset).with_overrides(self_improve=second)
+    if preset.self_improve.questions < 1:
+        raise SelfImproveError(f"preset {args.preset!r} has no second round (self_improve.questions 0): give --questions N")
+    split = Path(args.data) / "sft"
+    final = run_self_improve(args.init, sft_items(split), split, args.out, preset, progress=True)
+    print(f"second-round SFT model: {final}")
     return 0
 
 
@@ -206,7 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sft-epochs", type=float)
     d.add_argument("--grpo-steps", type=int)
     d.add_argument("--eval-items", type=int)
+    d.add_argument("--self-improve-questions", type=int,
+                   help="questions of SFT's second round on its own consensus answers (0: no second round)")
+    d.add_argument("--self-improve-steps", type=int)
     d.set_defaults(func=_cmd_demo)
+
+    si = sub.add_parser("self-improve", help="SFT's second round: fine-tune the SFT model on its own consensus "
+                        "answers to DIR/sft questions (no label read)")
+    si.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    si.add_argument("--data", required=True, help="the synth output directory (reads DATA/sft)")
+    si.add_argument("--init", required=True, help="the SFT model (adapter or full directory)")
+    si.add_argument("--out", required=True, help="run directory (targets, checkpoints; a re-run resumes)")
+    si.add_argument("--questions", type=int, help="default: the preset's")
+    si.add_argument("--steps", type=int, help="default: the preset's")
+    si.set_defaults(func=_cmd_self_improve)
 
     i = sub.add_parser("info", help="parameter counts and vocabulary of a preset's model")
     i.add_argument("--preset", default="tiny", choices=sorted(PRESETS))

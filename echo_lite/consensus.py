@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from echo_lite.answers import extract_answer, match_choice, normalize
-from echo_lite.interleave import InterleavedGenerator, Query, RuntimeInputError
+from echo_lite.interleave import InterleaveRuntime, Query, RuntimeInputError
 from echo_lite.rewards import format_reward
 from echo_lite.segments import parse_segments, segment_iou
 from echo_lite.trace import Trace, policy_text
@@ -69,7 +69,7 @@ def consensus_index(texts: Sequence[str], choices: Sequence[str] | None = None, 
     return max(formed, key=lambda i: (scores[i], -i))
 
 
-def consensus_generate(gen: InterleavedGenerator, queries: Sequence[Query], samples: int,
+def consensus_generate(gen: InterleaveRuntime, queries: Sequence[Query], samples: int,
                        seed: int = 0) -> list[Trace]:
     """One Trace per query: the consensus of `samples` sampled answers (`gen` must sample).
 

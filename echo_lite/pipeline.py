@@ -1,5 +1,5 @@
-"""The main job: synth -> (shipped base) -> SFT -> GRPO -> eval, ending in the ablation table
-analogous to the paper's (ECHO_METHOD.md section 6).
+"""The main job: synth -> (shipped base) -> SFT (two rounds on tiny) -> GRPO -> eval, ending in the
+ablation table analogous to the paper's (ECHO_METHOD.md section 6).
 
 Every stage writes to `run_dir` and is skipped when its output is already there, so a
 re-run (or a notebook) picks up where the last one stopped. Rows of the table:
@@ -7,6 +7,7 @@ re-run (or a notebook) picks up where the last one stopped. Rows of the table:
 | row | model | mode |
 |---|---|---|
 | base one-pass CoT | shipped base | one_pass |
+| SFT round 1 interleaved | SFT on the teacher's data only (when the preset has a second round) | interleaved |
 | SFT tags_only | SFT | tags_only |
 | SFT interleaved | SFT | interleaved |
 | SFT+GRPO interleaved (Echo) | SFT + GRPO | interleaved |
@@ -14,7 +15,8 @@ re-run (or a notebook) picks up where the last one stopped. Rows of the table:
 | GRPO without segment reward | SFT + GRPO (no segment bonus) | interleaved |
 | final random_segment / oracle_segment | SFT + GRPO | controls |
 
-The SFT and SFT+GRPO rows are also given as the consensus of `DemoSpec.consensus_samples` sampled
+"SFT" is the model after the second round on its own consensus answers when the preset has one
+(`self_improve.py`; the tiny preset does), and GRPO starts from it. The SFT and SFT+GRPO rows are also given as the consensus of `DemoSpec.consensus_samples` sampled
 answers at the preset's evaluation temperature (`consensus.py`), beside their greedy rows.
 """
 
@@ -30,6 +32,7 @@ from echo_lite.data.synth import synthesize
 from echo_lite.evaluate import METRICS_VERSION, evaluate_split
 from echo_lite.grpo import rl_items, run_grpo
 from echo_lite.model import load_preset_model
+from echo_lite.self_improve import run_self_improve
 from echo_lite.sft import load_sft_model, run_sft, sft_items, steps_per_epoch
 
 TABLE_KEYS = ("accuracy", "late_cue_accuracy", "segment_iou", "segments_per_answer", "seconds_per_answer")
@@ -59,10 +62,37 @@ def run_sft_stage(run_dir: Path, data: Path, preset: Preset, steps: int | None =
     return final
 
 
+def run_self_improve_stage(run_dir: Path, data: Path, preset: Preset, sft: Path) -> Path:
+    """The SFT model's second round on its own consensus answers (`self_improve.py`), when the preset
+    has one (`SelfImproveSpec.questions` > 0); else the SFT model itself."""
+    if preset.self_improve.questions < 1:
+        return sft
+    out = run_dir / "sft_self"
+    final = out / ("final_merged" if (sft / "adapter_config.json").exists() else "final")
+    if not is_model_dir(final):
+        spec = preset.self_improve
+        _stage(f"sft, second round: consensus of {spec.samples} answers to {spec.questions} questions, "
+               f"then {spec.steps} steps")
+        run_self_improve(sft, sft_items(data / "sft"), data / "sft", out, preset, disable_tqdm=True, logging_steps=10)
+    return final
+
+
+class PipelineError(RuntimeError):
+    """A run directory holds a stage's output that this run cannot reuse."""
+
+
 def run_grpo_stage(run_dir: Path, name: str, data: Path, preset: Preset, init: Path | None) -> Path:
     out = run_dir / name
     final = out / "final"
+    started = out / "started_from.txt"  # which model the run trains: a run from another one is not reused
+    if out.exists() and not started.exists():  # versions before the marker started from round 1's SFT
+        started.write_text(str(run_dir / "sft" / "final") if "no_sft" not in name else "base")
+    if started.exists() and started.read_text() != str(init or "base"):
+        raise PipelineError(f"{out}: a GRPO run from {started.read_text()}, not from {init or 'base'}; "
+                            "move it away to train from this one")
     if not is_model_dir(final):
+        out.mkdir(parents=True, exist_ok=True)
+        started.write_text(str(init or "base"))
         _stage(f"grpo ({name}): {preset.demo.grpo_steps} steps")
         lm = load_sft_model(init, preset) if init else load_preset_model(preset)
         lm.preset = preset
@@ -93,7 +123,8 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = run_data(run_dir, preset)
-    sft = run_sft_stage(run_dir, data, preset)
+    sft_round1 = run_sft_stage(run_dir, data, preset)
+    sft = run_self_improve_stage(run_dir, data, preset, sft_round1)
     no_seg = preset.with_overrides(rewards={"segment_bonus": 0.0})
     grpo = run_grpo_stage(run_dir, "grpo", data, preset, sft)
     grpo_no_sft = run_grpo_stage(run_dir, "grpo_no_sft", data, preset, None)
@@ -101,14 +132,23 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
 
     models = {
         "base": lambda: load_preset_model(preset),
+        "sft_round1": lambda: load_sft_model(sft_round1, preset),
         "sft": lambda: load_sft_model(sft, preset),
         "grpo": lambda: load_grpo_model(grpo, preset, sft),
         "grpo_no_sft": lambda: load_grpo_model(grpo_no_sft, preset, None),
         "grpo_no_seg": lambda: load_grpo_model(grpo_no_seg, preset, sft),
     }
+    # What each model is, stored with its evaluations: one cached from another model is redone.
+    # Evaluations of earlier versions carry none: theirs was round 1's SFT and the GRPO runs from it.
+    grpo_from = lambda final, init: f"{final} from {init or 'base'}"  # noqa: E731
+    model_ids = {"base": "base", "sft_round1": str(sft_round1), "sft": str(sft), "grpo": grpo_from(grpo, sft),
+                 "grpo_no_sft": grpo_from(grpo_no_sft, None), "grpo_no_seg": grpo_from(grpo_no_seg, sft)}
+    earlier = {**model_ids, "sft": str(sft_round1), "grpo": grpo_from(grpo, sft_round1),
+               "grpo_no_seg": grpo_from(grpo_no_seg, sft_round1)}
     k = preset.demo.consensus_samples
     plan = [  # (row, model, mode, samples per answer: 1 = greedy, k = consensus of k sampled answers)
         ("base one-pass CoT", "base", "one_pass", 1),
+        ("SFT round 1 interleaved", "sft_round1", "interleaved", 1),
         ("SFT tags_only", "sft", "tags_only", 1),
         ("SFT interleaved", "sft", "interleaved", 1),
         (f"SFT interleaved, consensus {k}", "sft", "interleaved", k),
@@ -119,13 +159,14 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
         ("final random_segment", "grpo", "random_segment", 1),
         ("final oracle_segment", "grpo", "oracle_segment", 1),
     ]
-    plan = [p for p in plan if p[3] == 1 or k > 1]
+    plan = [p for p in plan if (p[3] == 1 or k > 1) and (p[1] != "sft_round1" or sft != sft_round1)]
     rows, loaded = [], {}
     for name, model_key, mode, samples in plan:
         stem = f"{model_key}_{mode}" + (f"_consensus{samples}" if samples > 1 else "")
         cache = run_dir / "eval" / f"{stem}.json"
         cached = json.loads(cache.read_text()) if cache.exists() else {}
-        if cached.get("metrics_version") == METRICS_VERSION:  # an evaluation made with other measures is redone
+        same_model = cached.get("model", earlier[model_key]) == model_ids[model_key]
+        if cached.get("metrics_version") == METRICS_VERSION and same_model:  # else redone: other measures or model
             metrics = cached
         else:
             _stage(f"eval: {name}")
@@ -134,6 +175,7 @@ def run_demo_pipeline(preset: str | Preset = "tiny", run_dir: str | Path = "runs
             sampling = {"samples": samples, "temperature": preset.sampling.eval_temperature} if samples > 1 else {}
             res = evaluate_split(loaded[model_key], data / "eval", mode=mode, limit=preset.demo.eval_items,
                                  seed=preset.demo.seed, **sampling)
+            res.metrics["model"] = model_ids[model_key]
             res.save(run_dir / "eval", stem)
             metrics = res.metrics
         rows.append({"name": name, "model": model_key, "mode": mode, "samples": samples,

@@ -22,9 +22,11 @@ def test_unknown_preset_is_refused():
 def test_demo_runs_the_whole_pipeline_small(tmp_path):
     """The main job end to end at toy sizes: every stage runs and the ablation table is written."""
     out = _run("demo", "--preset", "tiny", "--run-dir", str(tmp_path / "demo"), "--n-items", "40",
-               "--sft-epochs", "0.2", "--grpo-steps", "1", "--eval-items", "4")
+               "--sft-epochs", "0.2", "--grpo-steps", "1", "--eval-items", "4",
+               "--self-improve-questions", "0")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "demo" / "results.json").read_text())
+    # toy sizes: the SFT model writes no well-formed answer yet, so no second round (tests/test_self_improve.py)
     assert [r["name"] for r in rows] == ["base one-pass CoT", "SFT tags_only", "SFT interleaved",
                                          "SFT interleaved, consensus 8", "SFT+GRPO interleaved (Echo)",
                                          "SFT+GRPO, consensus 8", "GRPO without SFT",
@@ -34,6 +36,7 @@ def test_demo_runs_the_whole_pipeline_small(tmp_path):
         assert r["samples"] == (8 if "consensus" in r["name"] else 1)
     consensus = json.loads((tmp_path / "demo" / "eval" / "sft_interleaved_consensus8.json").read_text())
     assert (consensus["samples"], consensus["temperature"]) == (8, 0.7)  # sampled at the preset's eval temperature
+    assert consensus["model"] == str(tmp_path / "demo" / "sft" / "final") and not (tmp_path / "demo" / "sft_self").exists()
     assert "SFT+GRPO interleaved (Echo)" in out.stdout  # the printed table
     assert "shipped run" not in out.stdout  # toy sizes: no comparison with the shipped table
 
@@ -44,7 +47,8 @@ def test_demo_runs_the_whole_pipeline_small(tmp_path):
     stale.write_text(json.dumps({**cached, "metrics_version": 1, "accuracy": 9.0}))
     kept.write_text(json.dumps({**json.loads(kept.read_text()), "seconds_per_answer": 123.0}))
     again = _run("demo", "--preset", "tiny", "--run-dir", str(tmp_path / "demo"), "--n-items", "40",
-                 "--sft-epochs", "0.2", "--grpo-steps", "1", "--eval-items", "4")
+                 "--sft-epochs", "0.2", "--grpo-steps", "1", "--eval-items", "4",
+                 "--self-improve-questions", "0")
     assert again.returncode == 0, again.stderr[-3000:]
     redone = {r["name"]: r for r in json.loads((tmp_path / "demo" / "results.json").read_text())}
     assert redone["SFT interleaved"]["accuracy"] == rows[2]["accuracy"]  # re-evaluated, not the stale 9.0

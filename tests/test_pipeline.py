@@ -36,3 +36,23 @@ def test_missing_and_extra_rows_are_named():
     ref = _shipped()
     rows = copy.deepcopy(ref[:-1]) + [{**ref[0], "name": "a new row"}]
     assert compare_tables(rows, ref) == [f"{ref[-1]['name']}: not in this run", "a new row: not in the reference"]
+
+
+def test_a_grpo_run_from_another_sft_model_is_not_reused(tmp_path):
+    from pathlib import Path
+
+    import pytest
+
+    from echo_lite.config import get_preset
+    from echo_lite.pipeline import PipelineError, run_grpo_stage
+
+    preset = get_preset("tiny")
+    legacy = tmp_path / "grpo"  # written by a version without the marker: it started from round 1's SFT
+    (legacy / "final").mkdir(parents=True)
+    (legacy / "final" / "model.safetensors").write_bytes(b"")
+    second_round = tmp_path / "sft_self" / "final"
+    with pytest.raises(PipelineError, match="a GRPO run from .*sft/final, not from .*sft_self/final"):
+        run_grpo_stage(tmp_path, "grpo", tmp_path / "data", preset, second_round)
+    # from the model it did start from, the finished run is reused (nothing is trained here)
+    assert run_grpo_stage(tmp_path, "grpo", tmp_path / "data", preset, tmp_path / "sft" / "final") == legacy / "final"
+    assert (legacy / "started_from.txt").read_text() == str(Path(tmp_path / "sft" / "final"))
