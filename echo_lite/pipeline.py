@@ -16,8 +16,9 @@ re-run (or a notebook) picks up where the last one stopped. Rows of the table:
 | final random_segment / oracle_segment | SFT + GRPO | controls |
 
 "SFT" is the model after the second round on its own consensus answers when the preset has one
-(`self_improve.py`; the tiny preset does), and GRPO starts from it. The SFT and SFT+GRPO rows are also given as the consensus of `DemoSpec.consensus_samples` sampled
-answers at the preset's evaluation temperature (`consensus.py`), beside their greedy rows.
+(`self_improve.py`; the tiny preset does), and GRPO starts from it. The SFT and SFT+GRPO rows are
+also given as the consensus of `DemoSpec.consensus_samples` sampled answers at the preset's
+evaluation temperature (`consensus.py`), beside their greedy rows.
 """
 
 from __future__ import annotations
