@@ -33,6 +33,17 @@ def tiny_model(tiny_tokenizer):
     return build_tiny_thinker(tiny_tokenizer, get_preset("tiny").model)
 
 
+@pytest.fixture(scope="session")
+def small_synth(tmp_path_factory):
+    """A small synth output (24 items drafted, seed 5; no datasets copy): DIR/sft, DIR/rl, DIR/eval.
+    Tests read it and write elsewhere."""
+    from echo_lite.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("small_synth")
+    synthesize(out, preset="tiny", n=24, seed=5, write_hf=False, progress=False)
+    return out
+
+
 @pytest.fixture
 def tone():
     """A 10 s clip: 440 Hz for the first half, 880 Hz for the second."""

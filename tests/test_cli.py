@@ -75,16 +75,13 @@ def test_sft_flags_override_the_preset_only_when_given():
     assert spec("--preset", "omni-3b", "--group-by-length").group_by_length is True
 
 
-def test_eval_answers_by_consensus_when_asked(tmp_path):
-    from echo_lite.data.synth import synthesize
-
-    synthesize(tmp_path / "data", preset="tiny", n=24, seed=5, write_hf=False, progress=False)
-    out = _run("eval", "--preset", "tiny", "--data", str(tmp_path / "data"), "--limit", "2", "--samples", "3",
+def test_eval_answers_by_consensus_when_asked(small_synth, tmp_path):
+    out = _run("eval", "--preset", "tiny", "--data", str(small_synth), "--limit", "2", "--samples", "3",
                "--out", str(tmp_path / "ev"))
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "ev" / "synthetic_interleaved_consensus3.json").read_text())
     assert (metrics["samples"], metrics["temperature"], metrics["n"]) == (3, 0.7, 2)  # the preset's eval temperature
-    greedy = _run("eval", "--preset", "tiny", "--data", str(tmp_path / "data"), "--limit", "2", "--samples", "3",
+    greedy = _run("eval", "--preset", "tiny", "--data", str(small_synth), "--limit", "2", "--samples", "3",
                   "--temperature", "0", "--out", str(tmp_path / "ev"))
     assert greedy.returncode == 2 and "greedy samples are all the same answer" in greedy.stderr
     mmau = _run("eval", "--preset", "tiny", "--bench", "mmau", "--data", str(tmp_path), "--samples", "3",

@@ -6,7 +6,6 @@ import pytest
 from echo_lite.audio import load_audio
 from echo_lite.consensus import consensus_generate, consensus_index, consensus_scores, span_agreement
 from echo_lite.data.formats import read_manifest, resolve_audio
-from echo_lite.data.synth import synthesize
 from echo_lite.evaluate import evaluate_items
 from echo_lite.interleave import InterleavedGenerator, Query
 from echo_lite.model import load_preset_model
@@ -51,10 +50,8 @@ def test_malformed_answers_are_kept_only_when_all_are():
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    synthesize(out, preset="tiny", n=24, seed=5, write_hf=False, progress=False)
-    return out / "eval"
+def split(small_synth):
+    return small_synth / "eval"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from echo_lite.data.formats import Item, read_manifest
-from echo_lite.data.synth import synthesize
 from echo_lite.evaluate import (
     SPAN_OUTCOMES,
     evaluate_split,
@@ -116,10 +115,8 @@ def test_text_only_span_reads_the_question():
 
 
 @pytest.fixture(scope="module")
-def eval_split(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    synthesize(out, preset="tiny", n=24, seed=5, write_hf=False, progress=False)
-    return out / "eval"
+def eval_split(small_synth):
+    return small_synth / "eval"
 
 
 def test_real_run_on_a_synth_split(eval_split, tmp_path):

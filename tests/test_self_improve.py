@@ -7,7 +7,6 @@ import pytest
 from safetensors.torch import load_file
 
 from echo_lite.config import DATA_DIR, get_preset
-from echo_lite.data.synth import synthesize
 from echo_lite.model import load_preset_model
 from echo_lite.rewards import format_reward
 from echo_lite.self_improve import SelfImproveError, consensus_targets, run_self_improve, self_improve_items
@@ -17,10 +16,8 @@ SHIPPED_SFT = DATA_DIR / "tiny_sft_round1"  # the first round: where the second 
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    synthesize(out, preset="tiny", n=24, seed=5, write_hf=False, progress=False)
-    return out / "sft"
+def split(small_synth):
+    return small_synth / "sft"
 
 
 @pytest.fixture(scope="module")
