@@ -8,8 +8,9 @@ label is read: the choice uses the samples alone, so it applies to any question.
 
 Why: a greedy answer is one path through the re-listens; where the model is unsure where a sound
 is, its samples scatter and the path most of them share is the better bet. On the tiny preset's
-300 held-out eval items, 8 samples at the evaluation temperature (0.7) moved the SFT model's
-named IoU from 0.465 (greedy) to 0.519 and accuracy from 0.623 to 0.627 (docs/localisation.md).
+300 held-out eval items, 8 samples at the evaluation temperature (0.7) moved the first-round SFT
+model's named IoU from 0.465 (greedy) to 0.519-0.541 and its accuracy from 0.623 to 0.617-0.707
+over three sets of samples (docs/localisation.md).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def consensus_generate(gen: InterleaveRuntime, queries: Sequence[Query], samples
         raise RuntimeInputError(f"samples={samples}: consensus needs at least one sample per question")
     if samples > 1 and not gen.temperature:
         raise RuntimeInputError(f"samples={samples} with temperature {gen.temperature}: greedy samples are all "
-                         "the same answer; give a temperature above 0 (the paper evaluates at 0.7)")
+                                "the same answer; give a temperature above 0 (the paper evaluates at 0.7)")
     queries = list(queries)
     repeated = [q for q in queries for _ in range(samples)]
     traces = gen.generate(repeated, seeds=[seed + i for i in range(len(repeated))])

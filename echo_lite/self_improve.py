@@ -7,7 +7,7 @@ starts from the SFT model. No label is read: neither the teacher's response nor 
 
 Why: greedy, the tiny SFT model's spans scored named IoU 0.465 on the 300 held-out eval items while the
 consensus of 8 of its samples scored 0.536; fine-tuned 300 steps on its consensus over 1,600 questions it
-scored 0.565 greedy, at the same accuracy (docs/localisation.md).
+scored 0.543 greedy (0.565 in a trial with other sample seeds), at the same accuracy (docs/localisation.md).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def consensus_targets(lm, items: list[dict], split_dir: str | Path, out_dir: str
             done = [json.loads(line) for line in path.read_text().splitlines()]
             if [d["id"] for d in done] != [it["id"] for it in part]:
                 raise SelfImproveError(f"{path}: holds other questions than items {start}-{start + len(part) - 1} "
-                                 "(another split or chunk size); move it away to answer them again")
+                                       "(another split or chunk size); move it away to answer them again")
             targets += done
             continue
         queries = [Query(wav=load_audio(resolve_audio(split_dir, it["audio"], it["id"])), question=it["question"],
@@ -81,7 +81,8 @@ def run_self_improve(sft_dir: str | Path, items: list[dict], split_dir: str | Pa
     preset = get_preset(preset)
     spec = preset.self_improve
     if spec.questions < 1:
-        raise SelfImproveError(f"preset {preset.name!r}: self_improve.questions is {spec.questions}; nothing to do")
+        raise SelfImproveError(f"preset {preset.name!r}: self_improve.questions is {spec.questions}; nothing to do "
+                               "(`echo-lite self-improve --questions N` sets it)")
     sft_dir, out_dir = Path(sft_dir), Path(out_dir)
     questions = items[:spec.questions]
     lm = load_sft_model(sft_dir, preset)
