@@ -279,4 +279,15 @@ def _growing_layer_class():
                 filled.append(buf[:, :, :n + add])  # what self.keys / self.values read, without the property
             return filled[0], filled[1]
 
+        def repack(self, rows: list[tuple[int, torch.Tensor]], n: int) -> None:
+            """Keep only `rows` (old row, slot order), each row's `n` slots `order` moved to the front,
+            in the buffers themselves: a new tensor would fill exactly and the next `update` would
+            copy it into a buffer twice its size. Rows only move up (old row >= new row), and each
+            is read whole before it is written, so nothing is overwritten before it is read."""
+            for name in ("keys", "values"):
+                buf = self._buf[name]
+                for j, (i, order) in enumerate(rows):
+                    buf[j, :, :n] = buf[i].index_select(1, order)
+                self._buf[name], self._len[name] = buf[: len(rows)], n
+
     return GrowingLayer

@@ -175,7 +175,7 @@ def test_generator_tokens_and_logprobs_equal_with_and_without_the_lean_step(tiny
 
 def test_growing_cache_holds_what_dynamic_cache_holds():
     """Chunks and single tokens appended past the buffer's capacity, rows re-selected by
-    assignment (as compact_cache does): the same keys and values as transformers' cache."""
+    assignment (as copy_cache_row does): the same keys and values as transformers' cache."""
     from transformers import DynamicCache
 
     from echo_lite.decode_step import growing_cache
@@ -193,3 +193,27 @@ def test_growing_cache_holds_what_dynamic_cache_holds():
             got, want = grow.update(k, v, li), ref.update(k, v, li)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert grow.get_seq_length() == ref.get_seq_length() == 40 + 2 + 30 + 70 + 5
+
+
+def test_growing_cache_repacks_rows_in_place():
+    """`repack` (what compact_cache calls) keeps the chosen rows with their slots in the given
+    order, the same values as selecting them into a new tensor, and keeps the buffer: the next
+    appended token is written into it rather than into a new, larger copy."""
+    from echo_lite.decode_step import growing_cache
+
+    g = torch.Generator().manual_seed(7)
+    cache = growing_cache()
+    for width in (30, 1, 1):
+        cache.update(torch.randn(4, 2, width, 8, generator=g), torch.randn(4, 2, width, 8, generator=g), 0)
+    layer = cache.layers[0]
+    before = layer.keys.clone(), layer.values.clone()
+    orders = {0: torch.tensor([3, 4, 5, 6, 7]), 2: torch.tensor([0, 1, 2, 30, 31]), 3: torch.tensor([31, 0, 9, 8, 2])}
+    buffer = layer.keys.data_ptr()
+    layer.repack(list(orders.items()), 5)
+    for got, was in zip((layer.keys, layer.values), before, strict=True):
+        want = torch.stack([was[i].index_select(1, o) for i, o in orders.items()])
+        assert got.shape == (3, 2, 5, 8) and torch.equal(got, want)
+    k, v = torch.randn(3, 2, 1, 8, generator=g), torch.randn(3, 2, 1, 8, generator=g)
+    keys, values = cache.update(k, v, 0)
+    assert keys.data_ptr() == buffer and keys.shape == (3, 2, 6, 8)
+    assert torch.equal(keys[:, :, 5:], k) and torch.equal(values[:, :, :5], want)

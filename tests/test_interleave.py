@@ -455,8 +455,7 @@ def test_oracle_segment_inserts_the_annotated_spans(lm):
 # ------------------------------------------------------------------ pieces and plumbing
 def test_compact_cache_is_exact(lm):
     """Re-packing a cache with holes gives the same next-token logits as the holey one."""
-    from transformers import DynamicCache
-
+    from echo_lite.decode_step import growing_cache
     from echo_lite.trace import mrope_positions
 
     th = lm.model
@@ -467,7 +466,7 @@ def test_compact_cache_is_exact(lm):
     attn[1, 5:9] = 0  # a hole in the middle, as a resumed neighbour leaves behind
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        cache = DynamicCache()
+        cache = growing_cache()
         th.model(input_ids=ids, attention_mask=attn, position_ids=mrope_positions(pos), past_key_values=cache,
                  use_cache=True)
         step = torch.tensor([[7], [8]])
