@@ -232,8 +232,9 @@ def growing_cache():
     Why: `DynamicLayer.update` concatenates, copying the whole cache at every decoding step.
     With 16 rows of ~900 slots that was 15 % of a batched answer on tiny (CPU profile); here
     a step writes its own slots only. `keys`/`values` read as plain tensors (views of the
-    filled part); assigning them (as `compact_cache` does) replaces the buffer, and `update`
-    (as `merge_rows` uses it for a sub-batch's chunk) appends in place.
+    filled part); assigning them (as `copy_cache_row` does) replaces the buffer, `update`
+    (as `merge_rows` uses it for a sub-batch's chunk) appends in place, and `repack` (what
+    `compact_cache` calls) moves rows and slots within it.
     """
     from transformers import DynamicCache
 
@@ -249,7 +250,7 @@ def _growing_layer_class():
     class GrowingLayer(DynamicLayer):
         def __init__(self):
             self._buf = {"keys": None, "values": None}
-            self._len = {"keys": 0, "values": 0}  # each its own: compact_cache assigns one, then reads the other
+            self._len = {"keys": 0, "values": 0}  # each its own: copy_cache_row assigns one, then reads the other
             super().__init__()
 
         def _get(self, name):
@@ -283,8 +284,10 @@ def _growing_layer_class():
             """Keep only `rows` (old row, slot order), each row's `n` slots `order` moved to the front,
             in the buffers themselves: a new tensor would fill exactly and the next `update` would
             copy it into a buffer twice its size. Rows only move up (old row >= new row), and each
-            is read whole before it is written, so nothing is overwritten before it is read."""
+            is read whole before it is written, so nothing is overwritten before it is read. The
+            dropped rows' memory is given back at the next growth."""
             for name in ("keys", "values"):
+                # A row at a time: 3x faster than one gather with an index expanded over heads and dims (CPU).
                 buf = self._buf[name]
                 for j, (i, order) in enumerate(rows):
                     buf[j, :, :n] = buf[i].index_select(1, order)

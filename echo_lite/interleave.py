@@ -690,7 +690,6 @@ def compact_cache(cache, attn: torch.Tensor, keep: list[int]) -> torch.Tensor:
     for layer in cache.layers:
         if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
             continue
-        # A row at a time: 3x faster than one gather with an index expanded over heads and dims (CPU).
         layer.repack(rows, n)
     return m.gather(1, order)
 
