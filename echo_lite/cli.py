@@ -9,14 +9,18 @@ import sys
 from echo_lite.config import CHAIN_STYLES, PLACEMENT_ROUND_SEEDS, PLACEMENT_STAGE, PRESETS, RUNTIME_MODES
 
 
+def _given(**flags) -> dict:
+    """The flags the user gave (argparse leaves the others None): only these override a preset."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def _cmd_demo(args) -> int:
     from echo_lite.config import get_preset
     from echo_lite.pipeline import SHIPPED_RESULTS, compare_tables, format_table, run_demo_pipeline
 
-    sizes = {k: v for k, v in (("n_items", args.n_items), ("sft_epochs", args.sft_epochs),
-                               ("grpo_steps", args.grpo_steps), ("eval_items", args.eval_items)) if v is not None}
-    second = {k: v for k, v in (("questions", args.self_improve_questions), ("steps", args.self_improve_steps))
-              if v is not None}
+    sizes = _given(n_items=args.n_items, sft_epochs=args.sft_epochs, grpo_steps=args.grpo_steps,
+                   eval_items=args.eval_items)
+    second = _given(questions=args.self_improve_questions, steps=args.self_improve_steps)
     preset = get_preset(args.preset).with_overrides(demo={**sizes, "seed": args.seed}, self_improve=second)
     rows = run_demo_pipeline(preset, args.run_dir)
     print()
@@ -40,7 +44,7 @@ def _cmd_self_improve(args) -> int:
     from echo_lite.self_improve import run_self_improve
     from echo_lite.sft import sft_items
 
-    second = {k: v for k, v in (("questions", args.questions), ("steps", args.steps)) if v is not None}
+    second = _given(questions=args.questions, steps=args.steps)
     preset = get_preset(args.preset).with_overrides(self_improve=second)
     split = Path(args.data) / "sft"
     final = run_self_improve(args.init, sft_items(split), split, args.out, preset, progress=True)
@@ -126,9 +130,7 @@ def sft_preset(args):
     `echo-lite sft --preset tiny` trains as the demo does."""
     from echo_lite.config import get_preset
 
-    flags = (("use_lora", args.lora), ("insert_cited_clips", args.insert_clips),
-             ("group_by_length", args.group_by_length))
-    sft = {k: v for k, v in flags if v is not None}
+    sft = _given(use_lora=args.lora, insert_cited_clips=args.insert_clips, group_by_length=args.group_by_length)
     return get_preset(args.preset).with_overrides(sft=sft)
 
 
@@ -136,7 +138,7 @@ def _cmd_sft(args) -> int:
     from echo_lite.sft import run_sft, sft_items
 
     preset = sft_preset(args)
-    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("num_train_epochs", args.epochs)) if v is not None}
+    overrides = _given(max_steps=args.max_steps, num_train_epochs=args.epochs)
     split = f"{args.data}/sft"
     final = run_sft(sft_items(split), split, args.out, preset, base=args.base, **overrides)
     print(f"wrote the fine-tuned model to {final}")

@@ -287,8 +287,8 @@ def _growing_layer_class():
             is read whole before it is written, so nothing is overwritten before it is read. The
             dropped rows' memory is given back at the next growth."""
             for name in ("keys", "values"):
-                # A row at a time: 3x faster than one gather with an index expanded over heads and dims (CPU).
                 buf = self._buf[name]
+                # A row at a time: 3x faster than one gather with an index expanded over heads and dims (CPU).
                 for j, (i, order) in enumerate(rows):
                     buf[j, :, :n] = buf[i].index_select(1, order)
                 self._buf[name], self._len[name] = buf[: len(rows)], n
