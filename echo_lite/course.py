@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo_lite.config import DATA_DIR, REPO_ROOT, get_preset
-from echo_lite.model import LoadedModel, load_preset_model
+from echo_lite.model import LoadedModel, is_model_dir, load_preset_model
 
 CACHE_DIR = REPO_ROOT / "cache" / "course"
 SHIPPED = {"sft": DATA_DIR / "tiny_sft", "grpo": DATA_DIR / "tiny_grpo"}
@@ -44,8 +44,6 @@ def course_data(spec: CourseSpec = COURSE) -> Path:
 
 
 def _shipped(stage: str) -> Path | None:
-    from echo_lite.pipeline import is_model_dir
-
     path = SHIPPED[stage]
     return path if is_model_dir(path) else None
 

@@ -184,6 +184,14 @@ class LoadedModel:
         return [self.tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDER_TOKENS]
 
 
+def is_model_dir(path: str | Path) -> bool:
+    """A finished save: a LoRA adapter, or full weights in one file or in shards (their index is
+    written after the shards, so a save that stopped part way is not taken for a model)."""
+    path = Path(path)
+    return any((path / name).exists() for name in ("adapter_config.json", "model.safetensors",
+                                                    "model.safetensors.index.json"))
+
+
 def load_preset_model(preset: str | Preset, checkpoint: str | Path | None = None) -> LoadedModel:
     """The model and tokenizer a preset starts from, or `checkpoint` when given.
 

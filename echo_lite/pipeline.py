@@ -32,7 +32,7 @@ from echo_lite.config import DATA_DIR, Preset, get_preset
 from echo_lite.data.synth import synthesize
 from echo_lite.evaluate import METRICS_VERSION, evaluate_split
 from echo_lite.grpo import rl_items, run_grpo
-from echo_lite.model import load_preset_model
+from echo_lite.model import is_model_dir, load_preset_model
 from echo_lite.self_improve import run_self_improve
 from echo_lite.sft import load_sft_model, run_sft, sft_items, steps_per_epoch
 
@@ -99,11 +99,6 @@ def run_grpo_stage(run_dir: Path, name: str, data: Path, preset: Preset, init: P
         lm.preset = preset
         run_grpo(lm, rl_items(data / "rl"), out, preset, steps=preset.demo.grpo_steps, progress=False)
     return final
-
-
-def is_model_dir(path: Path) -> bool:
-    """A finished stage: a LoRA adapter or a full model was saved there."""
-    return (path / "adapter_config.json").exists() or (path / "model.safetensors").exists()
 
 
 def load_grpo_model(final: Path, preset: Preset, init: Path | None):

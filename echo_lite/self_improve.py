@@ -21,6 +21,7 @@ from echo_lite.config import Preset, get_preset
 from echo_lite.consensus import consensus_generate
 from echo_lite.data.formats import resolve_audio
 from echo_lite.interleave import InterleavedGenerator, Query
+from echo_lite.model import is_model_dir
 from echo_lite.rewards import format_reward
 from echo_lite.sft import load_sft_model, merge_adapter, run_sft
 from echo_lite.trace import policy_text
@@ -98,7 +99,7 @@ def run_self_improve(sft_dir: str | Path, items: list[dict], split_dir: str | Pa
     base = sft_dir
     if (sft_dir / "adapter_config.json").exists():  # a LoRA round 1: the round starts from its merged model
         base = out_dir / "round1_merged"
-        if not (base / "model.safetensors").exists() and not any(base.glob("model-*.safetensors")):
+        if not is_model_dir(base):
             merge_adapter(sft_dir, base, preset)
     del lm
     round2 = preset.with_overrides(sft={"learning_rate": spec.learning_rate, "full_ft_learning_rate": spec.learning_rate,
@@ -107,7 +108,7 @@ def run_self_improve(sft_dir: str | Path, items: list[dict], split_dir: str | Pa
     final = run_sft(own, split_dir, out_dir, round2, base=base, **trainer_overrides)
     if (final / "adapter_config.json").exists():  # LoRA: an adapter over round 1's merged model, merged too
         merged = out_dir / "final_merged"
-        if not (merged / "config.json").exists():
+        if not is_model_dir(merged):
             merge_adapter(final, merged, preset, base=base)
         return merged
     return final

@@ -11,6 +11,7 @@ from echo_lite.model import (
     count_parameters,
     expand_text_depth,
     freeze_audio_tower,
+    is_model_dir,
     load_preset_model,
     load_thinker,
     load_tokenizer,
@@ -75,6 +76,17 @@ def test_save_and_load_round_trip_with_safetensors(tmp_path, tiny_model, tiny_to
         assert torch.allclose(tiny_model(**inputs).logits, again(**inputs).logits, atol=1e-6)
     lm = load_preset_model("tiny", checkpoint=tmp_path)
     assert count_parameters(lm.model)["total"] == count_parameters(tiny_model)["total"]
+
+
+def test_a_saved_model_is_recognised_whole_or_in_shards(tmp_path, tiny_model):
+    """One file or shards (as a 3B/7B save comes out); a save that wrote its config but no weights is not a model."""
+    tiny_model.save_pretrained(tmp_path / "one", safe_serialization=True)
+    tiny_model.save_pretrained(tmp_path / "shards", safe_serialization=True, max_shard_size="1MB")
+    assert len(list((tmp_path / "shards").glob("model-*.safetensors"))) > 1
+    (tmp_path / "cut").mkdir()
+    tiny_model.config.save_pretrained(tmp_path / "cut")
+    assert is_model_dir(tmp_path / "one") and is_model_dir(tmp_path / "shards")
+    assert not is_model_dir(tmp_path / "cut") and not is_model_dir(tmp_path / "nothing")
 
 
 def test_block_expansion_keeps_the_function_and_the_cache(tmp_path, tiny_model, tiny_tokenizer, tone):
